@@ -1,0 +1,206 @@
+"""Validated configuration for every job: YAML in, pydantic models, clear errors out.
+
+Layering (later wins): model defaults -> YAML file -> ``--set dotted.key=value`` overrides.
+Every section forbids unknown keys so that a typo is an error, not a silently ignored setting.
+Relative paths are resolved against the current working directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from recalign.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(Section):
+    method: Literal["given", "random", "user", "loo"] = Field(
+        "random", description="given: from the source; random: per interaction with ratios; "
+        "user: per user with ratios (>=1 valid and test item); loo: leave-one-out by time")
+    ratios: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    seed: int = 2023
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(r < 0 for r in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError(f"expected three non-negative ratios summing to 1, got {list(v)}")
+        return v
+
+
+class SyntheticConfig(Section):
+    users: int = Field(2000, ge=10)
+    items: int = Field(1000, ge=10)
+    interactions: int = Field(40_000, ge=100)
+    topics: int = Field(12, ge=2, le=64)
+    review_rate: float = Field(0.3, ge=0.0, le=1.0)
+    popularity_exponent: float = Field(0.8, ge=0.0)
+    noise: float = Field(0.1, ge=0.0, le=1.0)
+    chunk_users: int = Field(50_000, ge=1, description="users generated per streamed chunk")
+    seed: int = 7
+
+
+class DataConfig(Section):
+    source: Literal["parquet", "csv", "rlmrec", "movielens", "unisrec", "amazon-sequences",
+                    "amazon-reviews", "synthetic", "snapshot"] = "synthetic"
+    path: str | None = Field(None, description="input folder or file (or a snapshot URI for "
+                             "source: snapshot)")
+    name: str | None = Field(None, description="dataset name in the snapshot layout; "
+                             "default: derived from source and path")
+    min_rating: float | None = Field(None, description="keep interactions with rating at/above "
+                                     "this value as implicit positives")
+    rating_op: Literal[">=", ">"] = ">="
+    kcore: int = Field(0, ge=0, description="iteratively keep users and items with >= k "
+                       "interactions (0: off)")
+    split: SplitConfig = SplitConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "DataConfig":
+        if self.source not in ("synthetic",) and not self.path:
+            raise ValueError(f"data.path is required for source {self.source!r}")
+        if self.path and self.source != "snapshot" and "://" not in self.path:
+            p = Path(self.path).expanduser()
+            if not p.exists():
+                raise ValueError(f"data.path: {str(p.resolve())!r} does not exist "
+                                 f"(expected the {self.source} input folder or file)")
+        return self
+
+    def dataset_name(self) -> str:
+        if self.name:
+            return self.name
+        if self.source == "synthetic":
+            s = self.synthetic
+            return f"synthetic-u{s.users}-i{s.items}-n{s.interactions}-s{s.seed}"
+        stem = Path(str(self.path).rstrip("/")).name or self.source
+        return f"{self.source}-{stem}".lower()
+
+
+class ModelConfig(Section):
+    backbone: str = "lightgcn"
+    preset: str | None = None
+
+
+class AlignConfig(Section):
+    method: str = "none"
+
+
+class LLMConfig(Section):
+    engine: Literal["vllm", "transformers", "openai"] = "vllm"
+    model: str | None = None
+
+
+class EmbedConfig(Section):
+    engine: Literal["sentence-transformers", "vllm", "openai"] = "sentence-transformers"
+    model: str | None = None
+
+
+class TrainConfig(Section):
+    workers: int = Field(1, ge=1)
+    seed: int = 2023
+
+
+class EvalConfig(Section):
+    protocol: Literal["rlmrec", "cllm4rec", "loo"] = "rlmrec"
+
+
+class OutputConfig(Section):
+    root: str = Field("./recalign-data", description="snapshot root: a folder, file:// or s3://")
+    keep_versions: int = Field(5, ge=1, description="versions kept per artifact by gc")
+
+
+class Config(Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    align: AlignConfig = AlignConfig()
+    llm: LLMConfig = LLMConfig()
+    embed: EmbedConfig = EmbedConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    output: OutputConfig = OutputConfig()
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=value`` -> ("a.b", value parsed as YAML, so 3 is int and [1,2] a list)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected dotted.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set {text!r}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read, override and validate; any problem is a :class:`ConfigError` naming key and file."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections at the top level, "
+                              f"got {type(loaded).__name__}")
+        tree = loaded
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+        source += f" + --set {key}"
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            msg = "unknown key"
+        else:
+            msg = err["msg"]
+        given = err.get("input")
+        given_txt = "" if kind == "missing" or isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"  {loc}: {msg}{given_txt}")
+    return "\n".join(lines)
+
+
+def config_hash(config: BaseModel, *, sections: tuple[str, ...] | None = None) -> str:
+    """Stable hash of (a subset of) a config, used to decide whether a stage must rerun."""
+    import hashlib
+    import json
+
+    data = config.model_dump(mode="json")
+    if sections is not None:
+        data = {k: data[k] for k in sections}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""Canonical dataset, Arrow schemas, id maps, sources, splits."""

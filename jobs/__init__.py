@@ -1,0 +1,7 @@
+"""Entrypoints: one module per job (``python -m recalign.jobs.NAME``) and the ``recalign`` CLI."""
+
+# job name -> module; the CLI builds one subcommand per entry
+JOBS = {
+    "ingest": "recalign.jobs.ingest",
+    "snapshots": "recalign.jobs.snapshots",
+}

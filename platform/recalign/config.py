@@ -57,6 +57,9 @@ class DataConfig(Section):
     min_rating: float | None = Field(None, description="keep interactions with rating at/above "
                                      "this value as implicit positives")
     rating_op: Literal[">=", ">"] = ">="
+    on_unknown_item: Literal["error", "drop"] = Field(
+        "error", description="an interaction whose item is not in the items table: error, or "
+        "drop it (counted in the summary)")
     kcore: int = Field(0, ge=0, description="iteratively keep users and items with >= k "
                        "interactions (0: off)")
     split: SplitConfig = SplitConfig()

@@ -1,0 +1,44 @@
+"""recalign ingest: read any source, validate, map ids, split, write a dataset snapshot.
+
+A second run on unchanged input and config writes nothing new and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from tqdm import tqdm
+
+from recalign.config import Config
+from recalign.data.snapshot_io import ingest_to_snapshot
+from recalign.jobs.common import standalone
+from recalign.storage.snapshot import SnapshotStore
+
+DESCRIPTION = "Ingest a data source into a versioned dataset snapshot."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true",
+                        help="write a new version even if input and config are unchanged")
+
+
+def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    store = SnapshotStore(cfg.output.root)
+    with tqdm(desc="ingest", unit=" rows", file=sys.stderr, disable=None) as bar:
+        summary = ingest_to_snapshot(cfg, store, force=getattr(args, "force", False), progress=bar)
+    if summary["skipped"]:
+        print(f"ingest: nothing to do ({summary['reason']})", file=sys.stderr)
+    else:
+        removed = store.gc(summary["dataset"], "dataset", cfg.output.keep_versions)
+        summary["gc_removed"] = removed
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    return standalone(DESCRIPTION, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

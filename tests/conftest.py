@@ -1,0 +1,3 @@
+"""Shared fixtures. The loopback S3 server lives in s3_server.py (loaded as a plugin)."""
+
+pytest_plugins = ["s3_server"]

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from recalign.errors import ConfigError
 
@@ -65,15 +66,22 @@ class DataConfig(Section):
     split: SplitConfig = SplitConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
 
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # checked per field so that it is reported together with any other key's error
+        source = info.data.get("source")
+        if v and source != "snapshot" and "://" not in v:
+            p = Path(v).expanduser()
+            if not p.exists():
+                raise ValueError(f"{str(p.absolute())!r} does not exist "
+                                 f"(expected the {source} input folder or file)")
+        return v
+
     @model_validator(mode="after")
     def _path_needed(self) -> "DataConfig":
-        if self.source not in ("synthetic",) and not self.path:
+        if self.source != "synthetic" and not self.path:
             raise ValueError(f"data.path is required for source {self.source!r}")
-        if self.path and self.source != "snapshot" and "://" not in self.path:
-            p = Path(self.path).expanduser()
-            if not p.exists():
-                raise ValueError(f"data.path: {str(p.resolve())!r} does not exist "
-                                 f"(expected the {self.source} input folder or file)")
         return self
 
     def dataset_name(self) -> str:

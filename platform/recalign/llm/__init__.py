@@ -1,0 +1,1 @@
+"""LLM engines (generation with a JSON schema, embedding), prompt builders, output parsing."""

@@ -1,3 +1,18 @@
 """Shared fixtures. The loopback S3 server lives in s3_server.py (loaded as a plugin)."""
 
+from pathlib import Path
+
+import pytest
+
 pytest_plugins = ["s3_server"]
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real public data sets (``../shared/data`` from the project root); skip if absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"../shared/data not present: {SHARED_DATA} is missing (real-data tests "
+                    f"run where the shared data sets are mounted, e.g. CI)")
+    return SHARED_DATA

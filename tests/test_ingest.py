@@ -265,3 +265,53 @@ def test_ingest_job_cli_end_to_end(tmp_path: Path) -> None:
     assert p3.returncode == 2 and "data.kcore" in p3.stderr and p3.stdout == ""
     p4 = _run(["-m", "recalign.jobs.cli", "snapshots", *args[2:]], tmp_path)
     assert p4.returncode == 0 and "LATEST" in p4.stdout
+
+
+def test_duplicates_error_or_keep(tmp_path: Path) -> None:
+    folder = write_folder(tmp_path / "d", {"user_id": ["a", "b", "a"], "item_id": ["x", "x", "x"],
+                                           "timestamp": [1, 2, 3]})
+    with pytest.raises(DataError, match=r"row 0: duplicate interaction \('a', 'x'\)"):
+        load_dataset(cfg_for(folder, duplicates="error"))
+    kept = load_dataset(cfg_for(folder, duplicates="keep"))
+    assert kept.interactions.num_rows == 3 and "duplicates_dropped" not in kept.report
+
+
+REAL = {
+    # source, folder, extra config -> expected (users, items, interactions, train, valid, test)
+    "rlmrec": ("rlmrec-amazon-book", {"split": {"method": "given"}},
+               (11_000, 9_332, 200_860, 120_464, 40_290, 40_106)),
+    "movielens": ("movielens-latest-small", {"min_rating": 3.0}, None),
+    "unisrec": ("amazon-scientific", {"split": {"method": "given"}, "duplicates": "keep"},
+                (8_442, 4_385, 59_427, 42_543, 8_442, 8_442)),
+    "amazon-sequences": ("amazon-beauty-sequences", {"split": {"method": "loo"}},
+                         (22_363, 12_101, 198_502, 198_502 - 2 * 22_363, 22_363, 22_363)),
+}
+
+
+@pytest.mark.parametrize("source", sorted(REAL))
+def test_real_sources_through_the_pipeline(shared_data: Path, source: str) -> None:
+    folder, extra, expected = REAL[source]
+    ds = load_dataset(DataConfig(source=source, path=str(shared_data / folder), **extra))
+    c = ds.counts()
+    if source == "movielens":
+        # ratings >= 3 kept; every drop is counted
+        assert c["interactions"] + ds.report["below_min_rating"] == 100_836
+        import pandas as pd
+        ratings = pd.read_csv(shared_data / folder / "ratings.csv")
+        pos = ratings[ratings.rating >= 3.0]
+        assert c["users"] == pos.userId.nunique() == 609  # one of the 610 users has no rating >= 3
+        assert c["items"] == pos.movieId.nunique()
+        assert ds.report["below_min_rating"] == int((ratings.rating < 3.0).sum())
+        frac = np.array([c["train"], c["valid"], c["test"]]) / c["interactions"]
+        assert np.allclose(frac, [0.6, 0.2, 0.2], atol=0.01)
+        assert ds.items.num_rows == c["items"]
+        toy = ds.items.filter(pa.compute.equal(ds.items["title"], "Toy Story (1995)"))
+        assert json.loads(toy["attributes"][0].as_py())["genres"][0] == "Adventure"
+        return
+    assert (c["users"], c["items"], c["interactions"], c["train"], c["valid"], c["test"]) == expected
+    if source == "rlmrec":  # ids equal the matrices' original indices
+        assert ds.user_map.keys[:5].to_pylist() == ["0", "1", "2", "3", "4"]
+        assert ds.item_map.keys[-1].as_py() == "9331"
+        import scipy.sparse as sp
+        m = ds.matrix("train")
+        assert isinstance(m, sp.csr_matrix) and m.nnz == 120_464

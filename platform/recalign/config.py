@@ -61,6 +61,9 @@ class DataConfig(Section):
     on_unknown_item: Literal["error", "drop"] = Field(
         "error", description="an interaction whose item is not in the items table: error, or "
         "drop it (counted in the summary)")
+    duplicates: Literal["drop", "keep", "error"] = Field(
+        "drop", description="repeated (user, item) pairs: drop all but the latest (counted), "
+        "keep them (sequence data with repeats), or error")
     kcore: int = Field(0, ge=0, description="iteratively keep users and items with >= k "
                        "interactions (0: off)")
     split: SplitConfig = SplitConfig()

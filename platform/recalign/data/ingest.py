@@ -104,9 +104,10 @@ def _filter_rating(t: pa.Table, cfg: DataConfig, state: IngestState, where: str,
     return t.filter(keep)
 
 
-def _dedupe(t: pa.Table, state: IngestState) -> pa.Table:
+def _dedupe(t: pa.Table, cfg: DataConfig, state: IngestState, where: str,
+            row_offset: int) -> pa.Table:
     """Repeated (user, item) pairs: keep the latest (by timestamp, then by row order)."""
-    if t.num_rows < 2:
+    if t.num_rows < 2 or cfg.duplicates == "keep":
         return t
     u = pc.dictionary_encode(t.column("user_key")).combine_chunks().indices.to_numpy()
     i = pc.dictionary_encode(t.column("item_key")).combine_chunks().indices.to_numpy()
@@ -118,6 +119,11 @@ def _dedupe(t: pa.Table, state: IngestState) -> pa.Table:
     last_of_pair = np.r_[(su[1:] != su[:-1]) | (si[1:] != si[:-1]), True]
     if last_of_pair.all():
         return t
+    if cfg.duplicates == "error":
+        first = int(np.sort(order[~last_of_pair])[0])
+        raise DataError(f"duplicate interaction ({t.column('user_key')[first].as_py()!r}, "
+                        f"{t.column('item_key')[first].as_py()!r}) (set data.duplicates: drop "
+                        f"to keep the latest, counted, or keep)", path=where, row=row_offset + first)
     state.count("duplicates_dropped", int((~last_of_pair).sum()))
     return t.take(pa.array(np.sort(order[last_of_pair])))
 
@@ -175,7 +181,7 @@ def prepare_chunk(t: pa.Table, raw: RawData, cfg: DataConfig, state: IngestState
     _validate_values(t, where, row_offset)
     t = _check_unknown_items(t, raw, cfg, state, where, row_offset)
     t = _filter_rating(t, cfg, state, where, row_offset)
-    t = _dedupe(t, state)
+    t = _dedupe(t, cfg, state, where, row_offset)
     if cfg.kcore:
         if not whole:
             raise DataError("data.kcore needs the whole data set in memory (streamed chunks "
@@ -213,6 +219,11 @@ def load_raw(cfg: DataConfig) -> RawData:
 
 def iter_prepared(cfg: DataConfig, raw: RawData, state: IngestState) -> Iterator[pa.Table]:
     """Prepared interaction chunks; the streamed path when the source allows it."""
+    if raw.keep_all_entities:  # the side tables define the id universe, in their order
+        if raw.users is not None:
+            state.user_map, _ = state.user_map.extended(raw.users.column("user_key"))
+        if raw.items is not None:
+            state.item_map, _ = state.item_map.extended(raw.items.column("item_key"))
     stream = raw.user_grouped and not cfg.kcore and not isinstance(raw.interactions, pa.Table)
     if stream:
         for chunk in raw.chunks():

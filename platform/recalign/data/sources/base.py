@@ -24,6 +24,9 @@ class RawData:
     files: input files read, for fingerprinting (a rerun on unchanged files does nothing).
     fingerprint: optional explicit fingerprint (generated sources have no files).
     report: repairs the loader made itself (e.g. ``{"ratings_below_min": 12}``); never silent.
+    keep_all_entities: the side tables define the id universe (e.g. the shape of RLMRec's
+      matrices): every user/item key in them gets an id, in table order, even without
+      interactions. Otherwise only entities with kept interactions get ids.
     """
 
     interactions: pa.Table | Iterator[pa.Table]
@@ -33,6 +36,7 @@ class RawData:
     files: list[str] = field(default_factory=list)
     fingerprint: str | None = None
     report: dict[str, Any] = field(default_factory=dict)
+    keep_all_entities: bool = False
 
     def chunks(self) -> Iterator[pa.Table]:
         if isinstance(self.interactions, pa.Table):

@@ -279,10 +279,10 @@ def _masked(arr: pa.Array, keep: np.ndarray) -> pa.Array:
     return pc.if_else(pa.array(keep), arr, pa.scalar(None, pa.string()))
 
 
-Part = str | tuple[pa.Array, np.ndarray]  # constant text, or (word pool, per-row word index)
+_Part = str | tuple[pa.Array, np.ndarray]  # constant text, or (word pool, per-row word index)
 
 
-def _render(choice: np.ndarray, templates: list[list[Part]]) -> pa.Array:
+def _render(choice: np.ndarray, templates: list[list[_Part]]) -> pa.Array:
     """Row i = ``templates[choice[i]]`` filled with row i's words; null where choice < 0.
 
     Each template is built only on the rows that use it (one join per template over its own
@@ -383,7 +383,7 @@ class _Generator:
         self.year = rng.integers(1970, 2025, n)
 
         # per-topic inverse-CDF tables: entry (item, topic, mix weight * popularity), grouped by
-        # topic; topic t's cumulative share lives in (t, t+1] so one searchsorted serves all
+        # topic; topic t's cumulative share lives in (t, t+1] so one lookup serves all topics
         e_item = np.concatenate([np.arange(n), np.arange(n)])
         e_topic = np.concatenate([self.dom, self.sec])
         e_w = np.concatenate([self.wdom, 1.0 - self.wdom]) * np.concatenate([self.pop, self.pop])
@@ -523,11 +523,12 @@ class _Generator:
     def _exact(self, u: int, chosen: np.ndarray, need: int, lat: dict[str, np.ndarray],
                rng: np.random.Generator) -> np.ndarray:
         """Continue u's without-replacement sequence exactly: Gumbel-top-k over all items."""
-        tw = np.zeros(self.s.topics)
-        tw[lat["topics"][u]] += lat["weights"][u]
+        s = self.s
+        tw = np.zeros(s.topics)
+        np.add.at(tw, lat["topics"][u], lat["weights"][u])  # padded slots may repeat a topic
         p = np.bincount(self.e_item, weights=tw[self.e_topic] * self.e_share,
-                        minlength=self.s.items) * (1.0 - self.s.noise) + self.s.noise / self.s.items
-        g = rng.gumbel(size=self.s.items)
+                        minlength=s.items) * (1.0 - s.noise) + s.noise / s.items
+        g = rng.gumbel(size=s.items)
         with np.errstate(divide="ignore"):
             key = np.where(p > 0, np.log(p), -1e6) + g  # zero-p items last, in random order
         key[chosen] = -np.inf
@@ -773,6 +774,9 @@ def load_synthetic(cfg: DataConfig) -> RawData:
         user_grouped=True,
         fingerprint=fingerprint(s),
         report=gen.report(),
+        # ids follow table order (u0000123 -> 123), so latent_truth rows index canonical ids
+        # of a fresh ingest, and never-sampled catalog items still get ids
+        keep_all_entities=True,
     )
 
 

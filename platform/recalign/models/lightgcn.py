@@ -1,0 +1,145 @@
+"""LightGCN (He et al., 2020) as configured by RLMRec's reference code (HKUDS/RLMRec, SSLRec).
+
+Propagation: ``E^(l+1) = Â E^(l)`` with ``Â = D^-1/2 A D^-1/2`` over the (users+items)
+bipartite graph of the training interactions, no self-loops, no weights, no non-linearity; the
+final representation is the **sum** ``E^(0) + E^(1) + ... + E^(L)`` (the reference code's
+choice; the LightGCN paper averages). ``E^(0)`` are the ID embeddings of the ``user`` and
+``item`` TorchRec tables, xavier-uniform initialised.
+
+Training-time edge dropout: every stored entry of ``Â`` is kept independently with probability
+``keep_rate`` (0.8), a fresh mask per step; kept values are *not* rescaled and degrees are not
+recomputed (reference ``SpAdjEdgeDrop``: ``vals[mask]``, the ``/ keep_rate`` commented out).
+The two directions (u, i) and (i, u) of an edge are dropped independently. Evaluation uses the
+full ``Â``.
+
+Loss for a batch of B (user, positive, negative) triples, as the reference ``cal_loss``::
+
+    bpr = (1/B) Σ_b softplus(s(u_b, n_b) - s(u_b, p_b))          s = inner product of final reprs
+    reg = reg_weight · Σ_{W ∈ model.parameters()} ||W||²_F       (reference ``reg_params``)
+    loss = bpr + reg
+
+i.e. the L2 term is over *all* parameters — the full user and item tables, not only the batch
+rows — as a plain sum of squares (not halved, not divided by the batch size), added every step,
+and the optimizer is Adam(lr 1e-3, weight_decay 0). LightGCN's only parameters are the two
+tables, so ``reg`` here is over both full tables. (An alignment module that owns parameters
+should add the same term over its own parameters to match the reference's ``reg_params(self)``
+of the combined model.)
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from recalign.data.graph import NormalizedGraph, normalized_adjacency, spmm
+from recalign.data.sampler import BPRBatch
+from recalign.errors import ConfigError
+from recalign.models.base import Backbone, Layer0Hook, RecOutput
+from recalign.models.registry import register_backbone
+from recalign.tables.collection import IdTables
+from recalign.tables.optim import TableOptimizerSpec
+
+
+class LightGCNParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dim: int = Field(32, ge=1, description="embedding size")
+    layers: int = Field(3, ge=0, description="propagation layers L")
+    reg_weight: float = Field(1e-6, ge=0, description="L2 weight over all parameters")
+    keep_rate: float = Field(0.8, gt=0, le=1, description="edge keep probability in training")
+
+
+#: published settings (REFERENCE.md, "LightGCN settings per data set", Base row;
+#: HKUDS/RLMRec encoder/config/modelconf/lightgcn.yml)
+PRESETS: dict[str, dict[str, float | int]] = {
+    "rlmrec-amazon-book": {"dim": 32, "layers": 3, "reg_weight": 1e-6, "keep_rate": 0.8},
+    "rlmrec-yelp": {"dim": 32, "layers": 3, "reg_weight": 1e-6, "keep_rate": 0.8},
+    "rlmrec-steam": {"dim": 32, "layers": 2, "reg_weight": 1e-6, "keep_rate": 0.8},
+}
+
+
+def lightgcn_params(preset: str | None = None, **overrides: object) -> LightGCNParams:
+    """Parameters from a preset (``model.preset``) with overrides on top."""
+    base: dict[str, object] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown lightgcn preset {preset!r} (model.preset); known: "
+                              f"{', '.join(sorted(PRESETS))}")
+        base.update(PRESETS[preset])
+    base.update(overrides)
+    return LightGCNParams(**base)
+
+
+@register_backbone("lightgcn")
+class LightGCN(Backbone):
+    Params: ClassVar[type[BaseModel]] = LightGCNParams
+    PRESETS: ClassVar[dict[str, dict[str, float | int]]] = PRESETS
+
+    def __init__(self, graph: NormalizedGraph, params: LightGCNParams | None = None, *,
+                 optimizer: TableOptimizerSpec | None = None,
+                 tables: IdTables | None = None) -> None:
+        super().__init__(graph.n_users, graph.n_items)
+        self.params = params or LightGCNParams()
+        self.graph = graph
+        self.tables = tables if tables is not None else IdTables(
+            graph.n_users, graph.n_items, self.params.dim, optimizer=optimizer)
+        if (self.tables.n_users, self.tables.n_items, self.tables.dim) != (
+                graph.n_users, graph.n_items, self.params.dim):
+            raise ValueError("tables do not match the graph's users/items or the model dim")
+
+    @classmethod
+    def build(cls, train: sp.spmatrix, params: LightGCNParams | dict | None = None, *,
+              preset: str | None = None,
+              optimizer: TableOptimizerSpec | None = None) -> "LightGCN":
+        """From a users × items training matrix (the tables initialise from torch's RNG)."""
+        if isinstance(params, LightGCNParams):
+            p = params if preset is None else lightgcn_params(preset, **params.model_dump(
+                exclude_unset=True))
+        else:
+            p = lightgcn_params(preset, **(params or {}))
+        return cls(normalized_adjacency(train), p, optimizer=optimizer)
+
+    # ------------------------------------------------------------------ forward
+    def _propagate(self, ego: torch.Tensor) -> torch.Tensor:
+        values = (self.graph.edge_dropout(self.params.keep_rate)
+                  if self.training and self.params.keep_rate < 1.0 else self.graph.values)
+        # the transpose's values serve every layer's backward: permute them once per step
+        t_values = (self.graph.transpose_values(values)
+                    if ego.requires_grad and torch.is_grad_enabled() else None)
+        acc = ego
+        h = ego
+        for _ in range(self.params.layers):
+            h = spmm(self.graph, h, values, t_values)
+            acc = acc + h
+        return acc
+
+    def _final(self, layer0_hook: Layer0Hook | None):
+        u0, i0 = self.tables.all_rows()
+        ego = torch.cat([u0, i0], 0)
+        if layer0_hook is not None:
+            ego = layer0_hook(ego)
+        final = self._propagate(ego)
+        return u0, i0, final[: self.n_users], final[self.n_users:]
+
+    def forward(self, layer0_hook: Layer0Hook | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        _, _, u, i = self._final(layer0_hook)
+        return u, i
+
+    def rec_forward(self, batch: BPRBatch, layer0_hook: Layer0Hook | None = None) -> RecOutput:
+        u0, i0, users_all, items_all = self._final(layer0_hook)
+        # index_select: its backward (index_add_) is deterministic on CPU, unlike the backward
+        # of advanced indexing (index_put_ with parallel atomic adds when threads > 1)
+        u = users_all.index_select(0, batch.users)
+        p = items_all.index_select(0, batch.pos)
+        n = items_all.index_select(0, batch.neg)
+        pos_s = (u * p).sum(-1)
+        neg_s = (u * n).sum(-1)
+        bpr = F.softplus(neg_s - pos_s).mean()
+        reg = self.params.reg_weight * (u0.square().sum() + i0.square().sum())
+        losses = {"loss": bpr + reg, "bpr": bpr.detach(), "reg": reg.detach()}
+        return RecOutput(losses=losses, users=u, pos=p, neg=n, all_users=users_all,
+                         all_items=items_all, batch=batch, layer0_users=u0, layer0_items=i0)

@@ -1,0 +1,51 @@
+"""Backbones by config name: ``model.backbone: lightgcn`` -> :class:`LightGCN`."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+from recalign.errors import ConfigError
+from recalign.models.base import Backbone
+
+_BACKBONES: dict[str, type[Backbone]] = {}
+
+B = TypeVar("B", bound=type[Backbone])
+
+
+def register_backbone(name: str) -> Callable[[B], B]:
+    """Class decorator: make a backbone available under ``name``."""
+
+    def deco(cls: B) -> B:
+        if name in _BACKBONES and _BACKBONES[name] is not cls:
+            raise ValueError(f"backbone {name!r} is already registered to {_BACKBONES[name]!r}")
+        _BACKBONES[name] = cls
+        cls.name = name
+        return cls
+
+    return deco
+
+
+def _load_builtin() -> None:
+    # importing the modules registers them
+    from recalign.models import lightgcn  # noqa: F401
+
+
+def known_backbones() -> list[str]:
+    _load_builtin()
+    return sorted(_BACKBONES)
+
+
+def get_backbone(name: str) -> type[Backbone]:
+    """The backbone class registered as ``name``; a :class:`ConfigError` lists known names."""
+    _load_builtin()
+    try:
+        return _BACKBONES[name]
+    except KeyError:
+        raise ConfigError(f"unknown backbone {name!r} (model.backbone); known backbones: "
+                          f"{', '.join(sorted(_BACKBONES)) or 'none'}") from None
+
+
+def build_backbone(name: str, train: Any, params: Any = None, *, preset: str | None = None,
+                   optimizer: Any = None) -> Backbone:
+    """``get_backbone(name).build(train, params, preset=..., optimizer=...)``."""
+    return get_backbone(name).build(train, params, preset=preset, optimizer=optimizer)

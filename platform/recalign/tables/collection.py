@@ -1,0 +1,116 @@
+"""``IdTables``: the user and item ID embeddings of a model, held in TorchRec modules.
+
+One ``EmbeddingBagCollection`` (dense kernel) or ``FusedEmbeddingBagCollection`` (fbgemm
+kernel with the optimizer fused into backward) holds both tables, as the child ``ebc``.
+Lookups always go through a ``KeyedJaggedTensor`` and the output ``KeyedTensor`` is read by key
+(``kt["user"]``), never by position, so the same code runs after ``DistributedModelParallel``
+replaces ``ebc`` by its sharded counterpart (table-wise or row-wise plan; build the unsharded
+module with ``kernel="dense"`` and let the plan/sharder choose ``fused``, see
+:func:`recalign.tables.optim.sharder_fused_params`).
+
+Users and items differ in count but a KJT has one batch size for all keys; a lookup of
+``n_u`` users and ``n_i`` items therefore uses batch ``max(n_u, n_i)`` with empty bags (length
+0, pooled to zeros) padding the shorter key, and slices the padding off.
+
+:meth:`IdTables.all_rows` returns every row of both tables (full-graph propagation needs them
+each step). For an unsharded dense collection it returns the weight parameters themselves —
+no gather, no scatter-add in backward (measured 0.6 ms vs ~4 ms per step on Amazon-book);
+otherwise it looks up ids ``0..n-1``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from recalign.tables.optim import TableOptimizerSpec, resolve_kernel, torchrec_fused_args
+from recalign.tables.specs import ITEM, USER, InitName, id_table_configs
+
+
+def _quiet_import() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import torchrec  # noqa: F401
+
+
+class IdTables(nn.Module):
+    """User and item ID tables (dim ``dim``) in one TorchRec embedding-bag collection."""
+
+    def __init__(self, n_users: int, n_items: int, dim: int, *,
+                 optimizer: TableOptimizerSpec | None = None,
+                 init: InitName = "xavier_uniform",
+                 device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        _quiet_import()
+        from torchrec.modules.embedding_modules import EmbeddingBagCollection
+        from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
+
+        self.n_users, self.n_items, self.dim = int(n_users), int(n_items), int(dim)
+        self.optimizer_spec = optimizer or TableOptimizerSpec()
+        device = torch.device(device)
+        self.kernel = resolve_kernel(self.optimizer_spec, device)
+        configs = id_table_configs(self.n_users, self.n_items, self.dim, init)
+        self.configs = configs
+        if self.kernel == "fused":
+            opt_cls, kwargs = torchrec_fused_args(self.optimizer_spec)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.ebc = FusedEmbeddingBagCollection(configs, optimizer_type=opt_cls,
+                                                       optimizer_kwargs=kwargs, device=device)
+        else:
+            self.ebc = EmbeddingBagCollection(configs, device=device)
+        self._full_kjt: Any = None
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def fused(self) -> bool:
+        return self.kernel == "fused"
+
+    def fused_parameter_ids(self) -> set[int]:
+        """ids of parameters updated inside backward by the fused kernel (not by a torch optimizer)."""
+        return {id(p) for p in self.ebc.parameters()} if self.fused else set()
+
+    def fused_optimizer(self) -> Any:
+        return self.ebc.fused_optimizer() if self.fused else None
+
+    def _is_local_dense(self) -> bool:
+        from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+        return type(self.ebc) is EmbeddingBagCollection
+
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Current (user, item) weight tensors, detached (unsharded modules only)."""
+        sd = self.ebc.state_dict()
+        return (sd[f"embedding_bags.{USER}.weight"].detach(),
+                sd[f"embedding_bags.{ITEM}.weight"].detach())
+
+    # ------------------------------------------------------------------ lookups
+    @staticmethod
+    def _kjt(user_ids: torch.Tensor, item_ids: torch.Tensor) -> Any:
+        from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+        nu, ni = user_ids.numel(), item_ids.numel()
+        b = max(nu, ni, 1)
+        lengths = torch.zeros(2 * b, dtype=torch.int64)
+        lengths[:nu] = 1
+        lengths[b:b + ni] = 1
+        values = torch.cat([user_ids.reshape(-1).long(), item_ids.reshape(-1).long()])
+        return KeyedJaggedTensor(keys=[USER, ITEM], values=values, lengths=lengths)
+
+    def lookup(self, user_ids: torch.Tensor,
+               item_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``user_ids`` of the user table and ``item_ids`` of the item table."""
+        kt = self.ebc(self._kjt(user_ids, item_ids))
+        return kt[USER][: user_ids.numel()], kt[ITEM][: item_ids.numel()]
+
+    def all_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All user rows and all item rows, differentiable (gradients reach the tables)."""
+        if self._is_local_dense():
+            return (self.ebc.embedding_bags[USER].weight, self.ebc.embedding_bags[ITEM].weight)
+        if self._full_kjt is None:
+            self._full_kjt = self._kjt(torch.arange(self.n_users), torch.arange(self.n_items))
+        kt = self.ebc(self._full_kjt)
+        return kt[USER][: self.n_users], kt[ITEM][: self.n_items]

@@ -102,8 +102,34 @@ class ModelConfig(Section):
     preset: str | None = None
 
 
+class SemanticSourceConfig(Section):
+    """Where the semantic vectors of each side come from (matched to the dataset by key)."""
+
+    users: str | None = Field(None, description="embedding snapshot (version or artifact "
+                              "folder, e.g. <root>/<dataset>/semantic), .npy or .parquet")
+    items: str | None = Field(None, description="same, for items")
+
+
 class AlignConfig(Section):
-    method: str = "none"
+    """The alignment objective on top of the backbone (recalign.align)."""
+
+    method: Literal["none", "rlmrec-con", "rlmrec-gen", "darec"] = "none"
+    preset: str | None = Field(None, description="published per-backbone Con/Gen settings "
+                               "(rlmrec-amazon-book | rlmrec-yelp | rlmrec-steam); they also "
+                               "set the backbone's layers/reg used with that alignment")
+    params: dict[str, Any] = Field(default_factory=dict, description="alignment parameters on "
+                                   "top of the preset (validated by the method's Params model)")
+    semantic: SemanticSourceConfig = SemanticSourceConfig()
+    semantic_shuffle: bool = Field(False, description="ablation: permute the vectors among "
+                                   "entities, breaking the entity <-> vector correspondence")
+    shuffle_seed: int = 0
+
+    @model_validator(mode="after")
+    def _sources(self) -> "AlignConfig":
+        if self.method != "none" and not (self.semantic.users and self.semantic.items):
+            raise ValueError(f"align.method {self.method} needs align.semantic.users and "
+                             "align.semantic.items")
+        return self
 
 
 class LLMConfig(Section):

@@ -137,7 +137,11 @@ def train_epoch(model: Backbone, optimizer: ModelOptimizer, sampler: BPRSampler,
     n = 0
     for batch in sampler.epoch(rng, batch_size):
         optimizer.zero_grad()
-        out = model.rec_forward(batch)
+        # an Alignment may rewrite layer 0 (RLMRec-Gen's mask token); plain callables do not
+        hook = getattr(align, "layer0_hook", None)
+        if hook is not None and not getattr(align, "uses_layer0_hook", True):
+            hook = None
+        out = model.rec_forward(batch, layer0_hook=hook)
         loss = out.losses["loss"]
         logs = {k: v for k, v in out.losses.items() if k != "loss"}
         if align is not None:
@@ -189,6 +193,8 @@ def fit(model: Backbone, data: CFData, params: TrainParams | None = None, *,
         raise ValueError(f"select_metric {select!r} is not a {proto.name} metric "
                          f"({', '.join(proto.metric_names)})")
     sampler = BPRSampler(data.train)
+    if align_modules is None and isinstance(align, torch.nn.Module):
+        align_modules = [align]  # an Alignment owns parameters: optimise them with the model
     optimizer = ModelOptimizer([model, *(align_modules or [])], p.optimizer)
     stop = EarlyStopping(p.patience)
     history: list[dict[str, Any]] = []

@@ -1,0 +1,144 @@
+"""DaRec: disentangled alignment of CF and LLM representations (no public code; REFERENCE.md).
+
+Per step, ``n_sample`` (N-hat) nodes with a semantic vector are drawn from all users and items
+(each worker draws its own rows). Their CF representations ``E^C`` (the backbone's final
+representations) and semantic vectors ``E^L`` each go through two MLP heads into a common
+``width``: shared (``sh``) and specific (``sp``). With ``cos`` row-wise cosine, ``^`` L2
+normalisation and ``lam`` the single weight::
+
+    L_or  = mean cos(L_sp, L_sh)^2 + mean cos(C_sp, C_sh)^2              orthogonality
+    L_uni = U(C_sp) + U(L_sp),  U(x) = log mean_{i<j} exp(-2 |x^_i - x^_j|^2)   uniformity
+    L_glo = mean_{ij} (C^_sh C^_sh^T - L^_sh L^_sh^T)_{ij}^2                  global structure
+    L_loc = 1/K sum_i (S_ii - 1)^2 + 1/(K^2-K) sum_{i!=j} S_ij^2               local structure
+    L     = lam * (L_or + L_uni + L_glo + L_loc)
+
+``L_glo`` is the paper's ``|S^C - S^L|_F^2`` on normalised shared parts divided by N-hat^2 (a
+constant factor that lam absorbs; without it the term grows with N-hat). For ``L_loc`` each
+side keeps K preference centres of its normalised shared parts in a
+:class:`~recalign.align.kmeans.MiniBatchKMeans` (sums and counts all-reduced when a process
+group / reduce function is given, so all workers hold the same centres); the CF centres are
+matched to the LLM centres greedily by ascending Euclidean distance and ``S_ij`` is the cosine of
+CF centre i and the LLM centre matched to CF centre j. The centres in ``S`` carry the gradient of
+this step's rows (:meth:`MiniBatchKMeans.differentiable_centres`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from recalign.align.base import Alignment, register_alignment
+from recalign.align.kmeans import MiniBatchKMeans, ReduceFn, greedy_match
+from recalign.align.rlmrec_con import autocast, backbone_reg_weight, own_l2, projection_mlp
+from recalign.align.semantic import SemanticVectors
+
+
+class DaRecParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    weight: float = Field(0.1, ge=0, description="lambda: weight of the summed DaRec terms")
+    n_sample: int = Field(1024, ge=4, description="N-hat: rows sampled per step (per worker)")
+    k: int = Field(16, ge=2, description="preference centres per side")
+    width: int = Field(32, ge=2, description="width of the shared/specific parts")
+    hidden: int | None = Field(None, ge=1, description="hidden width of the heads; default "
+                               "(in + width) // 2")
+    decay: float = Field(0.9, gt=0, le=1, description="k-means count decay per update")
+    seed: int = Field(0, description="row sampling seed (the worker's rank is added)")
+    reg_weight: float | None = Field(None, ge=0, description="L2 over the heads; default: "
+                                     "the backbone's reg_weight")
+    bf16: bool = False
+
+
+def uniformity(x: torch.Tensor) -> torch.Tensor:
+    """log mean over pairs of exp(-2 |x_i - x_j|^2) of the L2-normalised rows."""
+    x = F.normalize(x, dim=-1)
+    return torch.pdist(x, p=2).pow(2).mul(-2).exp().mean().log()
+
+
+def orthogonality(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.cosine_similarity(a, b, dim=-1).square().mean()
+
+
+def global_structure(c_sh: torch.Tensor, l_sh: torch.Tensor) -> torch.Tensor:
+    c, l_ = F.normalize(c_sh, dim=-1), F.normalize(l_sh, dim=-1)
+    return (c @ c.T - l_ @ l_.T).square().mean()
+
+
+def local_structure(c_centres: torch.Tensor, l_centres: torch.Tensor,
+                    perm: torch.Tensor) -> torch.Tensor:
+    """1/K sum (S_ii-1)^2 + 1/(K^2-K) sum_{i!=j} S_ij^2 with S_ij = cos(c_i, l_perm[j])."""
+    k = c_centres.shape[0]
+    s = F.normalize(c_centres, dim=-1) @ F.normalize(l_centres[perm], dim=-1).T
+    diag = torch.diagonal(s)
+    off = s.square().sum() - diag.square().sum()
+    return (diag - 1).square().mean() + off / (k * k - k)
+
+
+@register_alignment("darec")
+class DaRec(Alignment):
+    Params: ClassVar[type[BaseModel]] = DaRecParams
+
+    def __init__(self, semantic: SemanticVectors, dim: int, params: DaRecParams | None = None,
+                 *, reg_weight: float = 0.0, group: object = None,
+                 reduce_fn: ReduceFn | None = None, rank: int = 0) -> None:
+        super().__init__()
+        p = self.params = params or DaRecParams()
+        self.reg_weight = p.reg_weight if p.reg_weight is not None else reg_weight
+        if group is not None:
+            import torch.distributed as dist
+            rank = dist.get_rank(group)  # type: ignore[arg-type]
+        self.c_sh = projection_mlp(dim, p.width, p.hidden)
+        self.c_sp = projection_mlp(dim, p.width, p.hidden)
+        self.l_sh = projection_mlp(semantic.dim, p.width, p.hidden)
+        self.l_sp = projection_mlp(semantic.dim, p.width, p.hidden)
+        kw = dict(decay=p.decay, group=group, reduce_fn=reduce_fn, is_root=rank == 0, seed=p.seed)
+        self.km_c = MiniBatchKMeans(p.k, p.width, **kw)  # type: ignore[arg-type]
+        self.km_l = MiniBatchKMeans(p.k, p.width, **kw)  # type: ignore[arg-type]
+        sem, mask = semantic.all_nodes()
+        self.register_buffer("sem", sem, persistent=False)
+        self.register_buffer("nodes_with", torch.nonzero(mask).flatten(), persistent=False)
+        self._gen = torch.Generator().manual_seed(int(p.seed) + 1_000_003 * int(rank))
+        self.last_parts: dict[str, float] = {}
+
+    @classmethod
+    def build(cls, semantic: SemanticVectors, dim: int, params: dict | DaRecParams | None = None,
+              *, backbone: Any = None, group: object = None, reduce_fn: ReduceFn | None = None,
+              rank: int = 0, **_: Any) -> "DaRec":
+        p = params if isinstance(params, DaRecParams) else DaRecParams(**(params or {}))
+        return cls(semantic, dim, p, reg_weight=backbone_reg_weight(backbone), group=group,
+                   reduce_fn=reduce_fn, rank=rank)
+
+    def sample(self) -> torch.Tensor:
+        n = self.nodes_with.numel()
+        m = min(self.params.n_sample, n)
+        return self.nodes_with[torch.randperm(n, generator=self._gen)[:m]]
+
+    def terms(self, e_c: torch.Tensor, e_l: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The four unweighted DaRec terms for CF rows ``e_c`` and semantic rows ``e_l``."""
+        with autocast(self.params.bf16, e_c.device):
+            c_sh, c_sp = self.c_sh(e_c).float(), self.c_sp(e_c).float()
+            l_sh, l_sp = self.l_sh(e_l).float(), self.l_sp(e_l).float()
+        nc, nl = F.normalize(c_sh, dim=-1), F.normalize(l_sh, dim=-1)
+        ic, _ = self.km_c.update(nc)
+        il, _ = self.km_l.update(nl)
+        cc = self.km_c.differentiable_centres(nc, ic)
+        cl = self.km_l.differentiable_centres(nl, il)
+        perm = greedy_match(self.km_c.centres, self.km_l.centres)
+        return {"or": orthogonality(l_sp, l_sh) + orthogonality(c_sp, c_sh),
+                "uni": uniformity(c_sp) + uniformity(l_sp),
+                "glo": global_structure(c_sh, l_sh),
+                "loc": local_structure(cc, cl, perm)}
+
+    def forward(self, out: Any) -> dict[str, torch.Tensor]:
+        idx = self.sample()
+        e_c = torch.cat([out.all_users, out.all_items], 0).index_select(0, idx)
+        parts = self.terms(e_c, self.sem[idx])
+        self.last_parts = {k: float(v.detach()) for k, v in parts.items()}
+        lam = self.params.weight
+        losses = {f"align_darec_{k}": lam * v for k, v in parts.items()}
+        if self.reg_weight:
+            losses["align_reg"] = self.reg_weight * own_l2(self)
+        return losses

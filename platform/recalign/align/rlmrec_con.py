@@ -1,0 +1,143 @@
+"""RLMRec-Con: contrastive alignment of CF representations with projected semantic vectors.
+
+As the paper and the authors' ``lightgcn_plus.py`` / ``loss_utils.cal_infonce_loss``: an MLP
+sigma_down (``Linear(d_s, (d_s+d)//2) -> LeakyReLU -> Linear(., d)``, xavier-uniform weights)
+maps semantic vectors into the CF space; for each batch row the CF representation ``e`` and
+its own projected vector are the positive pair of an InfoNCE with cosine similarity / tau::
+
+    infonce(e, p, C) = sum_rows [ -cos(e, p)/tau + log sum_{c in C} exp(cos(e, c)/tau) ]
+    kd = kd_weight * (infonce(users, P_u[batch users], P_u[all users])
+                      + infonce(pos, P_i[pos], P_i[pos])          # in-batch candidates
+                      + infonce(neg, P_i[neg], P_i[neg])) / B     # omitted for AutoCF
+
+Cosines use ``x / sqrt(1e-8 + |x|^2)`` as the reference. Rows whose entity has no semantic
+vector are left out of every term (as numerators and as candidates); ``B`` stays the batch size.
+The projection of a batch is computed once per distinct id (same values as projecting every
+row; the reference projects every user and item). ``reg_weight`` adds the reference's L2 over
+the alignment's own parameters (its ``reg_params(self)`` covers the MLP too); it defaults to
+the backbone's ``reg_weight``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from recalign.align.base import Alignment, register_alignment
+from recalign.align.semantic import SemanticVectors
+
+
+class ConParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kd_weight: float = Field(1e-2, ge=0, description="weight of the contrastive term")
+    tau: float = Field(0.2, gt=0, description="InfoNCE temperature")
+    neg_term: bool = Field(True, description="include the negative-item term (AutoCF: false)")
+    user_candidates: str = Field("all", pattern="^(all|batch)$", description="all: every "
+                                 "user's projection (reference); batch: the batch's users")
+    reg_weight: float | None = Field(None, ge=0, description="L2 over the MLP; default: the "
+                                     "backbone's reg_weight")
+    bf16: bool = Field(False, description="run the projection MLP under CPU/GPU bf16 autocast")
+
+
+def projection_mlp(d_in: int, d_out: int, hidden: int | None = None) -> nn.Sequential:
+    """The authors' two-layer projection: Linear -> LeakyReLU -> Linear, xavier weights."""
+    h = hidden if hidden is not None else (d_in + d_out) // 2
+    mlp = nn.Sequential(nn.Linear(d_in, h), nn.LeakyReLU(), nn.Linear(h, d_out))
+    for m in mlp:
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+    return mlp
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / torch.sqrt(1e-8 + x.square().sum(-1, keepdim=True))
+
+
+def infonce_sum(e: torch.Tensor, pos: torch.Tensor, cands: torch.Tensor, tau: float) -> torch.Tensor:
+    """Sum over rows of -cos(e, pos)/tau + log sum_c exp(cos(e, c)/tau) (reference form)."""
+    if e.shape[0] == 0:
+        return e.new_zeros(())
+    ne, np_, nc = _unit(e), _unit(pos), _unit(cands)
+    nume = -(ne * np_).sum(-1) / tau
+    deno = torch.logsumexp(ne @ nc.T / tau, dim=-1)
+    return (nume + deno).sum()
+
+
+def own_l2(module: nn.Module) -> torch.Tensor:
+    """Sum of squared entries of all parameters (reference ``reg_params``)."""
+    return sum((p.square().sum() for p in module.parameters()), torch.zeros(()))
+
+
+def autocast(enabled: bool, device: torch.device) -> Any:
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def backbone_reg_weight(backbone: Any) -> float:
+    return float(getattr(getattr(backbone, "params", None), "reg_weight", 0.0) or 0.0)
+
+
+@register_alignment("rlmrec-con")
+class RLMRecCon(Alignment):
+    Params: ClassVar[type[BaseModel]] = ConParams
+
+    def __init__(self, semantic: SemanticVectors, dim: int, params: ConParams | None = None,
+                 *, reg_weight: float = 0.0) -> None:
+        super().__init__()
+        self.params = params or ConParams()
+        self.reg_weight = self.params.reg_weight if self.params.reg_weight is not None else reg_weight
+        self.mlp = projection_mlp(semantic.dim, dim)
+        self.register_buffer("sem_users", semantic.users.vectors, persistent=False)
+        self.register_buffer("sem_items", semantic.items.vectors, persistent=False)
+        self.register_buffer("mask_users", semantic.users.mask, persistent=False)
+        self.register_buffer("mask_items", semantic.items.mask, persistent=False)
+        users_with = torch.nonzero(semantic.users.mask).flatten()
+        slot = torch.full((semantic.n_users,), -1, dtype=torch.long)
+        slot[users_with] = torch.arange(users_with.numel())
+        self.register_buffer("users_with", users_with, persistent=False)
+        self.register_buffer("user_slot", slot, persistent=False)
+
+    @classmethod
+    def build(cls, semantic: SemanticVectors, dim: int, params: dict | ConParams | None = None,
+              *, backbone: Any = None, **_: Any) -> "RLMRecCon":
+        p = params if isinstance(params, ConParams) else ConParams(**(params or {}))
+        return cls(semantic, dim, p, reg_weight=backbone_reg_weight(backbone))
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(self.params.bf16, x.device):
+            y = self.mlp(x)
+        return y.float()
+
+    def _item_term(self, reps: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        keep = self.mask_items[ids]
+        ids, reps = ids[keep], reps[keep]
+        uniq, inv = torch.unique(ids, return_inverse=True)
+        proj = self._project(self.sem_items[uniq])[inv]
+        return infonce_sum(reps, proj, proj, self.params.tau)
+
+    def forward(self, out: Any) -> dict[str, torch.Tensor]:
+        b = out.batch
+        n = len(b)
+        keep = self.mask_users[b.users]
+        users = b.users[keep]
+        if self.params.user_candidates == "all":
+            cands = self._project(self.sem_users[self.users_with])
+            pos_u = cands[self.user_slot[users]]
+        else:
+            uniq, inv = torch.unique(users, return_inverse=True)
+            cands = self._project(self.sem_users[uniq])
+            pos_u = cands[inv]
+        kd = infonce_sum(out.users[keep], pos_u, cands, self.params.tau)
+        kd = kd + self._item_term(out.pos, b.pos)
+        if self.params.neg_term:
+            kd = kd + self._item_term(out.neg, b.neg)
+        losses = {"align_con": self.params.kd_weight * kd / max(n, 1)}
+        if self.reg_weight:
+            losses["align_reg"] = self.reg_weight * own_l2(self)
+        return losses

@@ -1,0 +1,446 @@
+"""Alignment objectives: every alignment on every registered backbone, losses by hand, loading."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from recalign.align.base import build_alignment, known_alignments
+from recalign.align.darec import (DaRec, global_structure, local_structure, orthogonality,
+                                  uniformity)
+from recalign.align.kmeans import MiniBatchKMeans, greedy_match
+from recalign.align.presets import (ALIGN_PRESETS, align_model_overrides, build_from_config,
+                                    resolve)
+from recalign.align.rlmrec_con import RLMRecCon, infonce_sum
+from recalign.align.rlmrec_gen import RLMRecGen, ssl_con_loss
+from recalign.align.semantic import from_arrays, load_semantic
+from recalign.config import AlignConfig
+from recalign.data.idmap import IdMap
+from recalign.data.sampler import BPRBatch, BPRSampler
+from recalign.errors import ConfigError, DataError
+from recalign.models.base import RecOutput
+from recalign.models.registry import build_backbone, known_backbones
+from recalign.tables.optim import ModelOptimizer, TableOptimizerSpec
+from recalign.train.loop import CFData, TrainParams, fit, train_epoch
+
+N_USERS, N_ITEMS, D_SEM = 40, 30, 24
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _train_matrix(seed: int = 0) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    m = (rng.random((N_USERS, N_ITEMS)) < 0.2).astype(np.float32)
+    m[np.arange(N_USERS), rng.integers(0, N_ITEMS, N_USERS)] = 1.0  # every user has one
+    m[rng.integers(0, N_USERS, N_ITEMS), np.arange(N_ITEMS)] = 1.0  # every item too
+    return sp.csr_matrix(m)
+
+
+def _keys(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}{i}" for i in range(n)]
+
+
+def _write_semantic(tmp_path, rng, drop_user: int = 3, extra_keys: int = 2):
+    """Parquet files keyed by original key, rows shuffled, one user without a vector."""
+    paths = {}
+    for side, prefix, n in (("users", "u", N_USERS), ("items", "i", N_ITEMS)):
+        keys = _keys(prefix, n) + [f"zz{side}{j}" for j in range(extra_keys)]
+        vec = rng.standard_normal((len(keys), D_SEM)).astype(np.float32)
+        order = rng.permutation(len(keys))
+        keys = [keys[j] for j in order]
+        vec = vec[order]
+        if side == "users":
+            keep = [j for j, k in enumerate(keys) if k != f"u{drop_user}"]
+            keys, vec = [keys[j] for j in keep], vec[keep]
+        flat = pa.array(vec.reshape(-1), pa.float32())
+        t = pa.table({"key": pa.array(keys, pa.string()),
+                      "vector": pa.FixedSizeListArray.from_arrays(flat, D_SEM)})
+        paths[side] = str(tmp_path / f"{side}.parquet")
+        pq.write_table(t, paths[side])
+    return paths
+
+
+def _batch(train: sp.csr_matrix, rng: np.random.Generator, size: int = 64) -> BPRBatch:
+    s = BPRSampler(train)
+    pick = rng.choice(len(s), size=size, replace=False)
+    neg = s.sample_negatives(s.users[pick], rng)
+    return BPRBatch(torch.from_numpy(s.users[pick]), torch.from_numpy(s.items[pick]),
+                    torch.from_numpy(neg))
+
+
+# ------------------------------------------------------------------ cross product
+@pytest.mark.parametrize("method", ["none", "rlmrec-con", "rlmrec-gen", "darec"])
+@pytest.mark.parametrize("backbone", known_backbones())
+def test_every_alignment_trains_on_every_backbone(backbone: str, method: str, tmp_path) -> None:
+    """Built from config alone; a few steps lower the alignment loss; its parameters get grads."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    train = _train_matrix()
+    paths = _write_semantic(tmp_path, rng)
+    cfg = AlignConfig(method=method, semantic={"users": paths["users"], "items": paths["items"]}
+                      if method != "none" else {},
+                      params={"darec": {"n_sample": 32, "k": 4, "width": 8, "weight": 1.0},
+                              "rlmrec-con": {"kd_weight": 1.0},
+                              "rlmrec-gen": {"recon_weight": 1.0, "mask_ratio": 0.3}}.get(method, {}))
+    model = build_backbone(backbone, train)
+    align = build_from_config(cfg, model, user_map=IdMap(_keys("u", N_USERS)),
+                              item_map=IdMap(_keys("i", N_ITEMS)))
+    assert align.name == method
+    opt = ModelOptimizer([model, align], TableOptimizerSpec(lr=1e-2))
+    batch = _batch(train, rng)
+    hook = align.layer0_hook if align.uses_layer0_hook else None
+    history = []
+    model.train()
+    for step in range(25):
+        opt.zero_grad()
+        out = model.rec_forward(batch, layer0_hook=hook)
+        extra = align(out)
+        total = out.losses["loss"] + sum(extra.values(), torch.zeros(()))
+        total.backward()
+        if step == 0 and method != "none":
+            grads = [p.grad for p in align.parameters()]
+            assert grads and all(g is not None for g in grads), "alignment params without grad"
+            assert sum(float(g.abs().sum()) for g in grads) > 0
+        opt.step()
+        watched = (sum(v.detach() for k, v in extra.items() if k != "align_reg")
+                   if method != "none" else out.losses["loss"].detach())
+        history.append(float(watched))
+    first, last = np.mean(history[:5]), np.mean(history[-5:])
+    assert np.isfinite(history).all()
+    assert last < first, f"{backbone}+{method}: loss {first:.4f} -> {last:.4f}"
+
+
+def test_known_alignments_and_unknown_method() -> None:
+    assert known_alignments() == ["darec", "none", "rlmrec-con", "rlmrec-gen"]
+    with pytest.raises(ConfigError, match="unknown alignment 'nope'"):
+        build_alignment("nope")
+
+
+def test_fit_passes_layer0_hook_and_optimises_alignment() -> None:
+    """The training loop masks through the hook (Gen's token moves) and steps alignment params."""
+    torch.manual_seed(0)
+    train = _train_matrix(1)
+    rng = np.random.default_rng(1)
+    sem = from_arrays(rng.standard_normal((N_USERS, D_SEM)), rng.standard_normal((N_ITEMS, D_SEM)))
+    model = build_backbone("lightgcn", train)
+    align = build_alignment("rlmrec-gen", semantic=sem, dim=32, params={"mask_ratio": 0.5})
+    before = align.mask_token.detach().clone()
+    w_before = align.mlp[0].weight.detach().clone()
+    opt = ModelOptimizer([model, align], TableOptimizerSpec())
+    logs = train_epoch(model, opt, BPRSampler(train), rng, 64, align)
+    assert "align_gen" in logs and logs["align_gen"] > 0
+    assert not torch.equal(before, align.mask_token.detach())
+    assert not torch.equal(w_before, align.mlp[0].weight.detach())
+    # fit() adds the alignment's parameters to the optimizer by itself
+    data = CFData(train, train, train)
+    w = align.mlp[0].weight.detach().clone()
+    fit(model, data, TrainParams(max_epochs=1, batch_size=64), align=align)
+    assert not torch.equal(w, align.mlp[0].weight.detach())
+
+
+# ------------------------------------------------------------------ Con by hand
+def _np_unit(x):
+    return x / np.sqrt(1e-8 + (x ** 2).sum(-1, keepdims=True))
+
+
+def test_infonce_matches_hand_computation() -> None:
+    e = np.array([[1.0, 0.0], [0.5, 0.5]])
+    p = np.array([[0.8, 0.6], [0.0, 1.0]])
+    c = np.array([[0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]])
+    tau = 0.5
+    want = 0.0
+    for i in range(2):
+        ei, pi = _np_unit(e[i]), _np_unit(p[i])
+        want += -(ei @ pi) / tau + math.log(sum(math.exp(ei @ _np_unit(cj) / tau) for cj in c))
+    got = infonce_sum(torch.tensor(e), torch.tensor(p), torch.tensor(c), tau)
+    assert float(got) == pytest.approx(want, rel=1e-6)
+
+
+def _identity_mlp(module) -> None:
+    """Make a 2-layer projection (d -> h -> d, h >= d) compute x for x >= 0."""
+    with torch.no_grad():
+        for lin in (module[0], module[2]):
+            lin.weight.zero_()
+            lin.bias.zero_()
+            n = min(lin.weight.shape)
+            lin.weight[:n, :n] = torch.eye(n)
+
+
+def test_con_loss_by_hand() -> None:
+    """Users: all users' projections as candidates; items: in-batch; missing users left out."""
+    us = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    it = np.array([[1.0, 2.0], [2.0, 1.0], [0.0, 3.0]])
+    sem = from_arrays(us, it, user_mask=[True, True, False])
+    con = RLMRecCon(sem, dim=2, params=RLMRecCon.Params(kd_weight=0.5, tau=0.2))
+    _identity_mlp(con.mlp)  # projections equal the (non-negative) semantic vectors
+    users_rep = torch.tensor([[1.0, 0.2], [0.3, 1.0], [1.0, 1.0]])
+    items_rep = torch.tensor([[0.5, 1.0], [1.0, 0.1], [0.2, 0.9]])
+    b = BPRBatch(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 0]), torch.tensor([2, 2, 1]))
+    out = RecOutput({}, users_rep[b.users], items_rep[b.pos], items_rep[b.neg], users_rep,
+                    items_rep, b)
+    got = float(con(out)["align_con"])
+
+    def nce(rows, pos, cands):
+        return sum(-(_np_unit(r) @ _np_unit(p)) / 0.2
+                   + math.log(sum(math.exp(_np_unit(r) @ _np_unit(c) / 0.2) for c in cands))
+                   for r, p in zip(rows, pos))
+    U, I = users_rep.numpy(), items_rep.numpy()
+    user_term = nce(U[[0, 1]], us[[0, 1]], us[[0, 1]])            # user 2 has no vector
+    pos_term = nce(I[[0, 1, 0]], it[[0, 1, 0]], it[[0, 1, 0]])      # duplicates kept
+    neg_term = nce(I[[2, 2, 1]], it[[2, 2, 1]], it[[2, 2, 1]])
+    want = 0.5 * (user_term + pos_term + neg_term) / 3
+    assert got == pytest.approx(want, rel=1e-5)
+    con_no_neg = RLMRecCon(sem, dim=2, params=RLMRecCon.Params(kd_weight=0.5, tau=0.2,
+                                                                neg_term=False))
+    _identity_mlp(con_no_neg.mlp)
+    assert float(con_no_neg(out)["align_con"]) == pytest.approx(
+        0.5 * (user_term + pos_term) / 3, rel=1e-5)
+
+
+# ------------------------------------------------------------------ Gen by hand
+def test_ssl_con_loss_by_hand() -> None:
+    x = np.array([[1.0, 0.0], [1.0, 1.0]])
+    y = np.array([[2.0, 0.0], [0.0, 1.0]])
+    tau = 0.5
+    want = 0.0
+    for i in range(2):
+        xi = x[i] / np.linalg.norm(x[i])
+        s = [math.exp(xi @ (y[j] / np.linalg.norm(y[j])) / tau) for j in range(2)]
+        want += -math.log(s[i] / (sum(s) + 1e-8) + 1e-8)
+    got = ssl_con_loss(torch.tensor(x), torch.tensor(y), tau)
+    assert float(got) == pytest.approx(want / 2, rel=1e-6)
+
+
+def test_gen_masks_with_token_and_reconstructs_masked_rows() -> None:
+    torch.manual_seed(3)
+    sem = from_arrays(np.abs(np.random.default_rng(0).standard_normal((6, 4))),
+                      np.abs(np.random.default_rng(1).standard_normal((4, 4))),
+                      item_mask=[True, True, False, True])
+    gen = RLMRecGen(sem, dim=4, params=RLMRecGen.Params(mask_ratio=0.5, recon_weight=2.0, tau=0.3))
+    with torch.no_grad():
+        gen.mask_token.fill_(7.0)
+    layer0 = torch.arange(40, dtype=torch.float32).reshape(10, 4)
+    masked = gen.layer0_hook(layer0)
+    seeds = gen._seeds.clone()
+    assert seeds.numel() == 5 and len(set(seeds.tolist())) == 5
+    changed = torch.nonzero((masked != layer0).any(1)).flatten()
+    assert sorted(changed.tolist()) == sorted(seeds.tolist())
+    assert torch.all(masked[seeds] == 7.0)
+    _identity_mlp(gen.mlp)
+    final = torch.rand(10, 4)
+    b = BPRBatch(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]))
+    out = RecOutput({}, final[:1], final[6:7], final[7:8], final[:6], final[6:], b)
+    got = float(gen(out)["align_gen"])
+    keep = [s for s in seeds.tolist() if s != 8]  # item 2 (node 8) has no vector
+    allsem = torch.cat([sem.users.vectors, sem.items.vectors])
+    want = 2.0 * float(ssl_con_loss(final[keep].clamp(min=0), allsem[keep], 0.3))
+    assert got == pytest.approx(want, rel=1e-5)
+    with pytest.raises(RuntimeError, match="layer0_hook"):
+        gen(out)  # no hook call before this step
+
+
+# ------------------------------------------------------------------ DaRec by hand
+def test_darec_terms_by_hand() -> None:
+    a = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]])
+    b = torch.tensor([[0.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
+    cos = [(a[i] @ b[i]) / (a[i].norm() * b[i].norm()) for i in range(3)]
+    assert float(orthogonality(a, b)) == pytest.approx(float(sum(c ** 2 for c in cos) / 3), abs=1e-6)
+    na = F.normalize(a, dim=-1)
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    u = math.log(sum(math.exp(-2 * float((na[i] - na[j]).square().sum())) for i, j in pairs) / 3)
+    assert float(uniformity(a)) == pytest.approx(u, rel=1e-6)
+    nb = F.normalize(b, dim=-1)
+    g = sum(float(na[i] @ na[j] - nb[i] @ nb[j]) ** 2 for i in range(3) for j in range(3)) / 9
+    assert float(global_structure(a, b)) == pytest.approx(g, rel=1e-6)
+    perm = torch.tensor([2, 0, 1])
+    s = [[float(F.cosine_similarity(a[i], b[perm[j]], dim=0)) for j in range(3)] for i in range(3)]
+    loc = sum((s[i][i] - 1) ** 2 for i in range(3)) / 3 + sum(
+        s[i][j] ** 2 for i in range(3) for j in range(3) if i != j) / 6
+    assert float(local_structure(a, b, perm)) == pytest.approx(loc, rel=1e-6)
+
+
+def test_greedy_matching_takes_closest_pair_first() -> None:
+    # greedy: (a1, b0) at 0.1 first, then (a0, b1) at 2.5 -- the optimal assignment would be
+    # (a0, b0) + (a1, b1) = 2.4, so this distinguishes greedy from Hungarian matching
+    a = torch.tensor([[0.0], [1.1]])
+    b = torch.tensor([[1.0], [2.5]])
+    assert greedy_match(a, b).tolist() == [1, 0]
+    a3 = torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])
+    b3 = torch.tensor([[0.0, 4.9], [0.1, 0.0], [5.0, 0.2]])
+    assert greedy_match(a3, b3).tolist() == [1, 2, 0]
+
+
+def test_kmeans_update_by_hand_and_reduce_hook() -> None:
+    km = MiniBatchKMeans(2, 1, decay=0.5)
+    km.centres.copy_(torch.tensor([[0.0], [10.0]]))
+    km.counts.copy_(torch.tensor([2.0, 4.0]))
+    km.initialised.fill_(True)
+    x = torch.tensor([[1.0], [2.0], [9.0]])
+    idx, n = km.update(x)
+    assert idx.tolist() == [0, 0, 1] and n.tolist() == [2.0, 1.0]
+    # c0 = (0.5*2*0 + 3) / (1 + 2) = 1; c1 = (0.5*4*10 + 9) / (2 + 1) = 29/3
+    assert km.centres.flatten().tolist() == pytest.approx([1.0, 29 / 3])
+    assert km.counts.tolist() == [3.0, 3.0]
+    # the reduce hook sees [sums | counts] and its result is what is applied
+    seen = []
+
+    def double(t):
+        seen.append(t.clone())
+        return t * 2
+    km2 = MiniBatchKMeans(2, 1, decay=1.0, reduce_fn=double)
+    km2.centres.copy_(torch.tensor([[0.0], [10.0]]))
+    km2.initialised.fill_(True)
+    km2.update(x)
+    assert seen[0].tolist() == [[3.0, 2.0], [9.0, 1.0]]
+    assert km2.counts.tolist() == [4.0, 2.0]
+    assert km2.centres.flatten().tolist() == pytest.approx([1.5, 9.0])
+    # differentiable centres: value = centres, gradient 1/count on the row's centre
+    xr = x.clone().requires_grad_(True)
+    c = km2.differentiable_centres(xr, torch.tensor([0, 0, 1]))
+    assert torch.allclose(c.detach(), km2.centres)
+    c.sum().backward()
+    assert xr.grad.flatten().tolist() == pytest.approx([0.25, 0.25, 0.5])
+
+
+def test_darec_excludes_rows_without_vectors_and_samples_n_hat() -> None:
+    rng = np.random.default_rng(0)
+    sem = from_arrays(rng.standard_normal((10, 6)), rng.standard_normal((5, 6)),
+                      user_mask=[True] * 8 + [False] * 2)
+    dr = DaRec(sem, dim=4, params=DaRec.Params(n_sample=50, k=3, width=4))
+    idx = dr.sample()
+    assert idx.numel() == 13 and not ({8, 9} & set(idx.tolist()))
+    dr2 = DaRec(sem, dim=4, params=DaRec.Params(n_sample=5, k=3, width=4))
+    assert dr2.sample().numel() == 5
+
+
+# ------------------------------------------------------------------ semantic vectors
+def test_semantic_loading_matches_by_key_and_counts(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    paths = _write_semantic(tmp_path, rng, drop_user=3, extra_keys=2)
+    um, im = IdMap(_keys("u", N_USERS)), IdMap(_keys("i", N_ITEMS))
+    sv = load_semantic(paths["users"], paths["items"], um, im)
+    assert sv.dim == D_SEM
+    assert sv.summary["users"] == {"entities": N_USERS, "with_vector": N_USERS - 1,
+                                   "without_vector": 1, "unknown_keys_dropped": 2}
+    assert sv.summary["items"]["without_vector"] == 0
+    assert not bool(sv.users.mask[3]) and float(sv.users.vectors[3].abs().sum()) == 0
+    t = pq.read_table(paths["users"]).to_pylist()
+    row = next(r for r in t if r["key"] == "u7")
+    assert np.allclose(sv.users.vectors[7].numpy(), row["vector"])
+    # the shuffle ablation permutes vectors among entities that have one
+    sh = sv.shuffle(1)
+    assert sh.shuffled and torch.equal(sh.users.mask, sv.users.mask)
+    assert not torch.equal(sh.users.vectors, sv.users.vectors)
+    assert float(sh.users.vectors[3].abs().sum()) == 0
+    a = sorted(map(tuple, sv.users.vectors[sv.users.mask].tolist()))
+    assert a == sorted(map(tuple, sh.users.vectors[sh.users.mask].tolist()))
+
+
+def test_semantic_npy_with_and_without_keys(tmp_path) -> None:
+    m = np.arange(12, dtype=np.float32).reshape(4, 3)
+    np.save(tmp_path / "u.npy", m)
+    um = IdMap(["a", "b", "c", "d"])
+    np.save(tmp_path / "i.npy", m[:2])
+    (tmp_path / "i.keys.txt").write_text("y\nx\n")
+    sv = load_semantic(str(tmp_path / "u.npy"), str(tmp_path / "i.npy"), um, IdMap(["x", "y", "z"]))
+    assert torch.equal(sv.users.vectors, torch.from_numpy(m))
+    assert sv.items.vectors[0].tolist() == [3, 4, 5] and sv.items.vectors[1].tolist() == [0, 1, 2]
+    assert sv.items.counts["without_vector"] == 1
+    with pytest.raises(DataError, match="4 rows without keys but the dataset has 5"):
+        load_semantic(str(tmp_path / "u.npy"), str(tmp_path / "i.npy"),
+                      IdMap(list("abcde")), IdMap(["x", "y"]))
+
+
+def test_semantic_width_and_key_mismatch_are_errors(tmp_path) -> None:
+    np.save(tmp_path / "u.npy", np.zeros((2, 384), np.float32))
+    np.save(tmp_path / "i.npy", np.zeros((2, 1536), np.float32))
+    with pytest.raises(DataError, match="users have width 384 but items have width 1536"):
+        load_semantic(str(tmp_path / "u.npy"), str(tmp_path / "i.npy"), IdMap(["a", "b"]),
+                      IdMap(["x", "y"]))
+    with pytest.raises(DataError, match="width 384, expected 1536"):
+        load_semantic(str(tmp_path / "u.npy"), str(tmp_path / "u.npy"), IdMap(["a", "b"]),
+                      IdMap(["x", "y"]), expect_dim=1536)
+    np.save(tmp_path / "k.npy", np.zeros((2, 8), np.float32))
+    (tmp_path / "k.keys.txt").write_text("item-1\nitem-2\n")
+    with pytest.raises(DataError, match="none of the 2 keys is in the dataset.*key mismatch"):
+        load_semantic(str(tmp_path / "k.npy"), str(tmp_path / "k.npy"), IdMap(["1", "2"]),
+                      IdMap(["1", "2"]))
+    (tmp_path / "k.keys.txt").write_text("1\n1\n")
+    with pytest.raises(DataError, match="duplicate keys"):
+        load_semantic(str(tmp_path / "k.npy"), str(tmp_path / "k.npy"), IdMap(["1", "2"]),
+                      IdMap(["1", "2"]))
+    with pytest.raises(DataError, match="does not exist"):
+        load_semantic(str(tmp_path / "nope"), str(tmp_path / "k.npy"), IdMap(["1"]), IdMap(["1"]))
+
+
+def test_semantic_from_embedding_snapshot(tmp_path) -> None:
+    """The embed job's snapshot format, by version folder and by artifact folder (LATEST)."""
+    from recalign.llm.embedding import vectors_table
+    from recalign.storage.snapshot import SnapshotStore
+
+    store = SnapshotStore(str(tmp_path))
+    w = store.begin("ds", "semantic")
+    rng = np.random.default_rng(0)
+    w.write_table("users", vectors_table([0, 1], ["b", "a"], rng.standard_normal((2, 5))))
+    w.write_table("items", vectors_table([0], ["x"], rng.standard_normal((1, 5))))
+    snap = w.commit()
+    store.set_latest("ds", "semantic", snap.version)
+    for src in (snap.uri, store.artifact_uri("ds", "semantic")):
+        sv = load_semantic(src, src, IdMap(["a", "b", "c"]), IdMap(["x", "y"]))
+        assert sv.dim == 5
+        assert sv.users.mask.tolist() == [True, True, False]
+        assert sv.items.counts["without_vector"] == 1
+
+
+# ------------------------------------------------------------------ presets / config
+def test_presets_follow_reference_tables() -> None:
+    r = resolve("rlmrec-gen", "lightgcn", "rlmrec-amazon-book")
+    assert r == {"model": {"layers": 2, "reg_weight": 1e-7},
+                 "align": {"mask_ratio": 0.15, "recon_weight": 0.1, "tau": 0.5}}
+    assert resolve("rlmrec-con", "lightgcn", "rlmrec-steam")["align"] == {"kd_weight": 1e-3, "tau": 0.1}
+    assert resolve("rlmrec-con", "autocf", "rlmrec-yelp")["align"]["neg_term"] is False
+    assert resolve("rlmrec-gen", "gccf", "rlmrec-yelp")["align"]["tau"] == 1.0
+    assert resolve("darec", "lightgcn", "rlmrec-amazon-book") == {"model": {}, "align": {}}
+    with pytest.raises(ConfigError, match="no published rlmrec-con setting"):
+        resolve("rlmrec-con", "sgl", "rlmrec-steam")
+    cfg = AlignConfig(method="rlmrec-con", preset="rlmrec-amazon-book",
+                      semantic={"users": "u", "items": "i"})
+    assert align_model_overrides(cfg, "lightgcn") == {"layers": 3, "reg_weight": 1e-7}
+    # every preset's model keys exist on the registered backbones' parameter models
+    from recalign.models.registry import get_backbone
+    for method, by_b in ALIGN_PRESETS.items():
+        for b, by_p in by_b.items():
+            if b not in known_backbones():
+                continue
+            fields = set(get_backbone(b).Params.model_fields)
+            for p, entry in by_p.items():
+                assert set(entry["model"]) <= fields, (method, b, p)
+                get_backbone(b).Params(**entry["model"])
+
+
+def test_align_config_errors(tmp_path) -> None:
+    with pytest.raises(ValueError, match="needs align.semantic.users"):
+        AlignConfig(method="darec")
+    with pytest.raises(ValueError):
+        AlignConfig(method="rlmrec-cn", semantic={"users": "u", "items": "i"})
+    rng = np.random.default_rng(0)
+    paths = _write_semantic(tmp_path, rng)
+    cfg = AlignConfig(method="rlmrec-con", params={"kd_wieght": 1.0},
+                      semantic={"users": paths["users"], "items": paths["items"]})
+    model = build_backbone("lightgcn", _train_matrix())
+    with pytest.raises(ConfigError, match="align.params.kd_wieght: unknown key"):
+        build_from_config(cfg, model, user_map=IdMap(_keys("u", N_USERS)),
+                          item_map=IdMap(_keys("i", N_ITEMS)))

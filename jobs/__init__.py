@@ -7,4 +7,5 @@ JOBS = {
     "models": "recalign.jobs.models",
     "profiles": "recalign.jobs.profiles",
     "embed": "recalign.jobs.embed",
+    "train": "recalign.jobs.train",
 }

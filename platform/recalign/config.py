@@ -98,8 +98,45 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    backbone: str = "lightgcn"
-    preset: str | None = None
+    """The CF backbone: a registry name, a published preset, and per-field overrides."""
+
+    backbone: str = Field("lightgcn", description="backbone registry name (recalign.models)")
+    preset: str | None = Field(None, description="published hyperparameters, e.g. "
+                               "rlmrec-amazon-book | rlmrec-yelp | rlmrec-steam")
+    params: dict[str, Any] = Field(default_factory=dict, description="backbone parameters on "
+                                   "top of the preset (validated by the backbone's Params model)")
+
+    def check(self) -> None:
+        """Backbone, preset and params are valid: a :class:`ConfigError` naming the key.
+
+        Not a field validator: that would import torch whenever any job parses a config."""
+        from recalign.models.registry import get_backbone
+
+        cls = get_backbone(self.backbone)
+        presets = getattr(cls, "PRESETS", {}) or {}
+        if self.preset is not None and self.preset not in presets:
+            raise ConfigError(f"model.preset: unknown {self.backbone} preset {self.preset!r}; known: "
+                             f"{', '.join(sorted(presets)) or 'none'}")
+        params_cls = getattr(cls, "Params", None)
+        if params_cls is not None:
+            base = dict(presets.get(self.preset, {})) if self.preset else {}
+            try:
+                params_cls(**{**base, **self.params})
+            except ValidationError as exc:
+                msgs = "; ".join(f"model.params.{'.'.join(str(x) for x in e['loc'])}: "
+                                 f"{'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
+                                 for e in exc.errors())
+                raise ConfigError(msgs) from None
+
+    def resolved_params(self) -> dict[str, Any]:
+        """Preset values with ``params`` on top (the backbone's full parameter set)."""
+        from recalign.models.registry import get_backbone
+
+        cls = get_backbone(self.backbone)
+        base = dict(getattr(cls, "PRESETS", {}).get(self.preset, {})) if self.preset else {}
+        params_cls = getattr(cls, "Params", None)
+        merged = {**base, **self.params}
+        return params_cls(**merged).model_dump() if params_cls is not None else merged
 
 
 class SemanticSourceConfig(Section):
@@ -239,13 +276,71 @@ class EmbedConfig(Section):
     dimensions: int | None = Field(None, ge=1, description="openai: requested vector size")
 
 
+class OptimizerConfig(Section):
+    """Optimizer of tables and dense parameters (fbgemm fused where the device supports it)."""
+
+    name: Literal["adam", "adagrad", "rowwise_adagrad", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    eps: float = Field(1e-8, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0)
+    kernel: Literal["auto", "dense", "fused"] = Field(
+        "auto", description="fused: fbgemm optimizer in backward; dense: torch optimizer; auto: "
+        "fused where supported (CPU: sgd/adagrad/rowwise_adagrad; CUDA: also adam)")
+
+
+class PropagationConfig(Section):
+    mode: Literal["full", "sampled"] = Field(
+        "full", description="full: normalised adjacency on every worker; sampled: per batch, "
+        "the k-hop fan-out neighbourhood of the batch's nodes")
+    fanout: list[int] = Field(default_factory=lambda: [10, 10, 10], description="neighbours "
+                              "sampled per node and hop (sampled mode); the last entry repeats "
+                              "for deeper layers")
+    infer_chunk: int = Field(8192, ge=1, description="nodes per chunk when computing "
+                             "representations in sampled mode (evaluation, export)")
+
+    @field_validator("fanout")
+    @classmethod
+    def _fanout(cls, v: list[int]) -> list[int]:
+        if not v or any(int(x) < 1 for x in v):
+            raise ValueError(f"expected a non-empty list of positive fan-outs, got {v}")
+        return v
+
+
 class TrainConfig(Section):
-    workers: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1, description="1: in-process; N > 1: Ray Train TorchTrainer "
+                         "with N workers (gloo on CPU, nccl on GPU)")
+    use_gpu: bool = False
     seed: int = 2023
+    batch_size: int = Field(4096, ge=1, description="global batch (split across workers)")
+    max_epochs: int = Field(3000, ge=1)
+    eval_every: int = Field(3, ge=1, description="validate after epoch e when e % eval_every == 0")
+    patience: int = Field(5, ge=1, description="validations without improvement before stopping")
+    threads: int | None = Field(1, ge=1, description="torch threads per worker")
+    optimizer: OptimizerConfig = OptimizerConfig()
+    propagation: PropagationConfig = PropagationConfig()
+    sharding: Literal["row-wise", "table-wise", "planner"] = Field(
+        "row-wise", description="DMP plan of the ID tables when workers > 1")
+    resume: bool = Field(False, description="continue from the run folder's last checkpoint")
+    run_name: str | None = Field(None, description="run folder name under <root>/<dataset>/runs "
+                                 "(default: derived from the config hash; resume needs it stable)")
+    max_failures: int = Field(0, ge=0, description="Ray Train restarts of failed workers from "
+                              "the last checkpoint")
+    checkpoint_every: int = Field(1, ge=0, description="checkpoint after every N-th validation "
+                                  "(0: never)")
+    max_seconds: float | None = Field(None, gt=0, description="stop training after this long")
 
 
 class EvalConfig(Section):
     protocol: Literal["rlmrec", "cllm4rec", "loo"] = "rlmrec"
+    chunk_size: int | None = Field(None, ge=1, description="users scored at once (default: "
+                                   "bounded to 16M scores per chunk)")
+    select_metric: str | None = Field(None, description="validation metric for model "
+                                      "selection (default: the protocol's)")
+    mask_valid_at_test: bool = Field(False, description="also mask validation items at test "
+                                     "time (the RLMRec reference does not)")
+    max_users: int | None = Field(None, ge=1, description="evaluate a seeded sample of at most "
+                                  "this many users per split (default: all)")
 
 
 class OutputConfig(Section):

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recalign.data.graph import NormalizedGraph, normalized_adjacency, spmm
 from recalign.data.sampler import BPRBatch
+from recalign.data.subgraph import Subgraph
 from recalign.errors import ConfigError
 from recalign.models.base import Backbone, Layer0Hook, RecOutput
 from recalign.models.registry import register_backbone
@@ -79,67 +80,107 @@ class LightGCN(Backbone):
     Params: ClassVar[type[BaseModel]] = LightGCNParams
     PRESETS: ClassVar[dict[str, dict[str, float | int]]] = PRESETS
 
-    def __init__(self, graph: NormalizedGraph, params: LightGCNParams | None = None, *,
+    def __init__(self, graph: NormalizedGraph | None, params: LightGCNParams | None = None, *,
                  optimizer: TableOptimizerSpec | None = None,
-                 tables: IdTables | None = None) -> None:
-        super().__init__(graph.n_users, graph.n_items)
+                 tables: IdTables | None = None, n_users: int | None = None,
+                 n_items: int | None = None) -> None:
+        # graph None: sampled mode, every forward gets its subgraph (Subgraph) instead
+        nu = graph.n_users if graph is not None else int(n_users)  # type: ignore[arg-type]
+        ni = graph.n_items if graph is not None else int(n_items)  # type: ignore[arg-type]
+        super().__init__(nu, ni)
         self.params = params or LightGCNParams()
         self.graph = graph
         self.tables = tables if tables is not None else IdTables(
-            graph.n_users, graph.n_items, self.params.dim, optimizer=optimizer)
+            nu, ni, self.params.dim, optimizer=optimizer)
         if (self.tables.n_users, self.tables.n_items, self.tables.dim) != (
-                graph.n_users, graph.n_items, self.params.dim):
+                nu, ni, self.params.dim):
             raise ValueError("tables do not match the graph's users/items or the model dim")
 
     @classmethod
     def build(cls, train: sp.spmatrix, params: LightGCNParams | dict | None = None, *,
               preset: str | None = None,
-              optimizer: TableOptimizerSpec | None = None) -> "LightGCN":
-        """From a users × items training matrix (the tables initialise from torch's RNG)."""
+              optimizer: TableOptimizerSpec | None = None,
+              full_graph: bool = True) -> "LightGCN":
+        """From a users × items training matrix (the tables initialise from torch's RNG).
+
+        ``full_graph=False`` (sampled propagation) skips building the full adjacency."""
         if isinstance(params, LightGCNParams):
             p = params if preset is None else lightgcn_params(preset, **params.model_dump(
                 exclude_unset=True))
         else:
             p = lightgcn_params(preset, **(params or {}))
+        if not full_graph:
+            return cls(None, p, optimizer=optimizer, n_users=train.shape[0],
+                       n_items=train.shape[1])
         return cls(normalized_adjacency(train), p, optimizer=optimizer)
 
     # ------------------------------------------------------------------ forward
-    def _propagate(self, ego: torch.Tensor) -> torch.Tensor:
-        values = (self.graph.edge_dropout(self.params.keep_rate)
-                  if self.training and self.params.keep_rate < 1.0 else self.graph.values)
+    def _propagate(self, ego: torch.Tensor, graph: NormalizedGraph | None = None) -> torch.Tensor:
+        graph = self.graph if graph is None else graph
+        if graph is None:
+            raise RuntimeError("LightGCN built for sampled propagation: pass a subgraph")
+        values = (graph.edge_dropout(self.params.keep_rate)
+                  if self.training and self.params.keep_rate < 1.0 else graph.values)
         # the transpose's values serve every layer's backward: permute them once per step
-        t_values = (self.graph.transpose_values(values)
+        t_values = (graph.transpose_values(values)
                     if ego.requires_grad and torch.is_grad_enabled() else None)
         acc = ego
         h = ego
         for _ in range(self.params.layers):
-            h = spmm(self.graph, h, values, t_values)
+            h = spmm(graph, h, values, t_values)
             acc = acc + h
         return acc
 
-    def _final(self, layer0_hook: Layer0Hook | None):
-        u0, i0 = self.tables.all_rows()
+    def _final(self, layer0_hook: Layer0Hook | None, sub: Subgraph | None = None):
+        """(layer-0 users, layer-0 items, final users, final items): of all nodes (full mode)
+        or of the subgraph's nodes (``sub``, sampled mode) — the same propagation code."""
+        if sub is None:
+            u0, i0 = self.tables.all_rows()
+            graph = None
+        else:
+            u0, i0 = self.tables.lookup(sub.user_ids, sub.item_ids, sub.lookup_batch)
+            graph = sub.graph
+        nu = u0.shape[0]
         ego = torch.cat([u0, i0], 0)
         if layer0_hook is not None:
             ego = layer0_hook(ego)
-        final = self._propagate(ego)
-        return u0, i0, final[: self.n_users], final[self.n_users:]
+        final = self._propagate(ego, graph)
+        return u0, i0, final[:nu], final[nu:]
+
+    def subgraph_forward(self, sub: Subgraph) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final (user, item) representations of the subgraph's nodes (sampled inference)."""
+        _, _, u, i = self._final(None, sub)
+        return u, i
 
     def forward(self, layer0_hook: Layer0Hook | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         _, _, u, i = self._final(layer0_hook)
         return u, i
 
     def rec_forward(self, batch: BPRBatch, layer0_hook: Layer0Hook | None = None) -> RecOutput:
-        u0, i0, users_all, items_all = self._final(layer0_hook)
+        """Full mode: propagate over all nodes. A :class:`SampledBatch` carries its subgraph:
+        propagate over it; ``all_users``/``all_items``/``layer0_*`` are then the subgraph's
+        rows (global ids in ``extras["user_ids"]``/``extras["item_ids"]``) and the L2 term
+        covers the rows looked up for the step."""
+        sub = getattr(batch, "subgraph", None)
+        u0, i0, users_all, items_all = self._final(layer0_hook, sub)
+        extras: dict[str, torch.Tensor] = {}
+        if sub is None:
+            bu, bp, bn = batch.users, batch.pos, batch.neg
+        else:
+            bu = sub.local(batch.users)
+            bp = sub.local(batch.pos + sub.n_users) - u0.shape[0]
+            bn = sub.local(batch.neg + sub.n_users) - u0.shape[0]
+            extras = {"user_ids": sub.user_ids, "item_ids": sub.item_ids}
         # index_select: its backward (index_add_) is deterministic on CPU, unlike the backward
         # of advanced indexing (index_put_ with parallel atomic adds when threads > 1)
-        u = users_all.index_select(0, batch.users)
-        p = items_all.index_select(0, batch.pos)
-        n = items_all.index_select(0, batch.neg)
+        u = users_all.index_select(0, bu)
+        p = items_all.index_select(0, bp)
+        n = items_all.index_select(0, bn)
         pos_s = (u * p).sum(-1)
         neg_s = (u * n).sum(-1)
         bpr = F.softplus(neg_s - pos_s).mean()
         reg = self.params.reg_weight * (u0.square().sum() + i0.square().sum())
         losses = {"loss": bpr + reg, "bpr": bpr.detach(), "reg": reg.detach()}
         return RecOutput(losses=losses, users=u, pos=p, neg=n, all_users=users_all,
-                         all_items=items_all, batch=batch, layer0_users=u0, layer0_items=i0)
+                         all_items=items_all, batch=batch, layer0_users=u0, layer0_items=i0,
+                         extras=extras)

@@ -89,21 +89,24 @@ class IdTables(nn.Module):
 
     # ------------------------------------------------------------------ lookups
     @staticmethod
-    def _kjt(user_ids: torch.Tensor, item_ids: torch.Tensor) -> Any:
+    def _kjt(user_ids: torch.Tensor, item_ids: torch.Tensor, batch_size: int | None = None) -> Any:
         from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
         nu, ni = user_ids.numel(), item_ids.numel()
-        b = max(nu, ni, 1)
+        b = max(nu, ni, 1, batch_size or 0)
         lengths = torch.zeros(2 * b, dtype=torch.int64)
         lengths[:nu] = 1
         lengths[b:b + ni] = 1
         values = torch.cat([user_ids.reshape(-1).long(), item_ids.reshape(-1).long()])
         return KeyedJaggedTensor(keys=[USER, ITEM], values=values, lengths=lengths)
 
-    def lookup(self, user_ids: torch.Tensor,
-               item_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows ``user_ids`` of the user table and ``item_ids`` of the item table."""
-        kt = self.ebc(self._kjt(user_ids, item_ids))
+    def lookup(self, user_ids: torch.Tensor, item_ids: torch.Tensor,
+               batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``user_ids`` of the user table and ``item_ids`` of the item table.
+
+        ``batch_size`` pads the lookup to a KJT batch of at least that size: a sharded lookup
+        needs the same batch size on every rank, so distributed callers agree on one first."""
+        kt = self.ebc(self._kjt(user_ids, item_ids, batch_size))
         return kt[USER][: user_ids.numel()], kt[ITEM][: item_ids.numel()]
 
     def all_rows(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -130,12 +130,18 @@ class EarlyStopping:
 
 def train_epoch(model: Backbone, optimizer: ModelOptimizer, sampler: BPRSampler,
                 rng: np.random.Generator, batch_size: int,
-                align: AlignFn | None = None) -> dict[str, float]:
-    """One pass over the training pairs; returns the mean of each loss term over batches."""
+                align: AlignFn | None = None, *,
+                batches: Iterator[BPRBatch] | None = None,
+                after_backward: Callable[[], None] | None = None) -> dict[str, float]:
+    """One pass over the training pairs; returns the mean of each loss term over batches.
+
+    ``batches`` replaces ``sampler.epoch(rng, batch_size)`` (a distributed runner passes this
+    rank's slices, with sampled subgraphs attached); ``after_backward`` runs between backward
+    and the optimizer step (e.g. averaging dense gradients over workers)."""
     model.train()
     totals: dict[str, float] = {}
     n = 0
-    for batch in sampler.epoch(rng, batch_size):
+    for batch in (sampler.epoch(rng, batch_size) if batches is None else batches):
         optimizer.zero_grad()
         # an Alignment may rewrite layer 0 (RLMRec-Gen's mask token); plain callables do not
         hook = getattr(align, "layer0_hook", None)
@@ -150,6 +156,8 @@ def train_epoch(model: Backbone, optimizer: ModelOptimizer, sampler: BPRSampler,
                 loss = loss + v
                 logs[k] = v.detach()
         loss.backward()
+        if after_backward is not None:
+            after_backward()
         optimizer.step()
         logs["loss"] = loss.detach()
         for k, v in logs.items():

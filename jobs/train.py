@@ -1,0 +1,192 @@
+"""recalign train: a CF backbone (+ alignment) trained, evaluated, early-stopped,
+checkpointed, and exported as an embedding snapshot.
+
+Data comes from a dataset snapshot (``data.source: snapshot``, ``data.path: <root>/<ds>/dataset``)
+or straight from ``data:`` (ingested in this process, nothing written) — the same
+:class:`~recalign.data.dataset.Dataset` either way. ``train.workers: 1`` runs in this
+process; ``N > 1`` runs the same runner in a Ray Train ``TorchTrainer`` with N workers.
+The run folder is ``<output.root>/<dataset>/runs/<run name>/`` (checkpoints, curves.json,
+curves.png, result.json); the representations go to ``<root>/<dataset>/embeddings/v=...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from recalign.config import Config, config_hash
+from recalign.errors import ConfigError, SnapshotError
+from recalign.jobs.common import standalone
+
+DESCRIPTION = "Train a CF backbone (+ alignment); evaluate, checkpoint, export embeddings."
+
+# settings that do not change what is trained: a resumed run keeps its name with them changed
+_NOT_HASHED = ("resume", "max_failures", "run_name", "workers", "checkpoint_every")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", "-v", action="store_true", help="log every validation")
+
+
+def load_data(cfg: Config) -> tuple[Any, str, dict[str, str]]:
+    """(Dataset, dataset name, input versions for the manifest)."""
+    from recalign.data.ingest import input_fingerprint, load_dataset
+    from recalign.data.snapshot_io import ARTIFACT, read_dataset
+    from recalign.storage.snapshot import SnapshotStore
+
+    if cfg.data.source == "snapshot":
+        parts = str(cfg.data.path).rstrip("/").split("/")
+        version = parts.pop() if parts[-1].startswith("v=") else None
+        if len(parts) < 3 or parts[-1] != ARTIFACT:
+            raise SnapshotError(f"data.path {cfg.data.path!r}: expected "
+                                f"<root>/<dataset>/{ARTIFACT}[/v=...]")
+        snap = SnapshotStore("/".join(parts[:-2])).open(parts[-2], ARTIFACT, version)
+        ds = read_dataset(snap)
+        return ds, ds.name, {"dataset": snap.uri, "dataset_version": snap.version}
+    ds = load_dataset(cfg.data)
+    return ds, ds.name, {"dataset": f"in-process {cfg.data.source}:{cfg.data.path}",
+                         "data_fingerprint": input_fingerprint(cfg.data)}
+
+
+def run_hash(cfg: Config) -> str:
+    c = cfg.model_copy(deep=True)
+    data = c.model_dump(mode="json")
+    for k in _NOT_HASHED:
+        data["train"].pop(k, None)
+    import hashlib
+
+    keep = {k: data[k] for k in ("data", "model", "align", "train", "eval")}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def choose_run_dir(cfg: Config, dataset: str) -> tuple[str, str, bool]:
+    """(runs folder, run name, whether it already exists)."""
+    from recalign.storage.uri import fsspec_filesystem, join
+
+    runs = join(cfg.output.root, dataset, "runs")
+    fs, base = fsspec_filesystem(runs)
+    stem = f"{cfg.model.backbone}-{cfg.align.method}-{run_hash(cfg)}"
+    existing = sorted(p.rsplit("/", 1)[-1] for p in (fs.ls(base, detail=False)
+                                                     if fs.exists(base) else []))
+    if cfg.train.run_name:
+        name = cfg.train.run_name
+        exists = name in existing
+        if exists and not cfg.train.resume:
+            raise ConfigError(f"train.run_name {name!r}: {join(runs, name)} exists; set "
+                              "train.resume: true to continue it, or choose another name")
+        return runs, name, exists
+    if cfg.train.resume:
+        mine = [n for n in existing if n.startswith(stem + "-")]
+        if mine:
+            return runs, mine[-1], True
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    return runs, f"{stem}-{stamp}", False
+
+
+def check_run_meta(run_dir: str, meta: dict[str, Any], exists: bool) -> None:
+    """run.json records what the run trains; a resume with another shape is refused."""
+    from recalign.storage.uri import fsspec_filesystem
+
+    fs, base = fsspec_filesystem(run_dir)
+    path = f"{base}/run.json"
+    if exists and fs.exists(path):
+        with fs.open(path, "r") as f:
+            old = json.load(f)
+        diff = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
+        if diff:
+            what = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}"
+                             for k, (a, b) in diff.items())
+            raise ConfigError(f"train.resume: the run in {run_dir} does not match this config "
+                              f"({what}); start a new run (train.resume: false)")
+    fs.makedirs(base, exist_ok=True)
+    with fs.open(path, "w") as f:
+        json.dump(meta, f, indent=1, sort_keys=True)
+
+
+def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    if getattr(args, "verbose", False):
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    from recalign.storage.snapshot import SnapshotStore
+    from recalign.storage.uri import join
+    from recalign.train.export import ARTIFACT, ExportTarget
+    from recalign.train.loop import CFData
+    from recalign.train.runner import RunInputs, check_inputs, model_meta
+
+    t0 = time.perf_counter()
+    cfg.model.check()  # names and params: errors before any data is read
+    from recalign.align.base import known_alignments
+
+    if cfg.align.method not in known_alignments():
+        raise ConfigError(f"align.method: unknown alignment {cfg.align.method!r} (expected "
+                          f"one of: {', '.join(known_alignments())})")
+    ds, dataset, inputs = load_data(cfg)
+    data = CFData.from_dataset(ds)
+    check_inputs(cfg, data)
+    runs, name, exists = choose_run_dir(cfg, dataset)
+    run_dir = join(runs, name)
+    meta = model_meta(cfg, data.n_users, data.n_items)
+    check_run_meta(run_dir, meta, exists and cfg.train.resume)
+    version = SnapshotStore(cfg.output.root).begin(dataset, ARTIFACT).version
+    inp = RunInputs(config=cfg.model_dump(mode="json"), data=data,
+                    user_keys=ds.user_map.keys, item_keys=ds.item_map.keys, run_dir=run_dir,
+                    export=ExportTarget(cfg.output.root, dataset, version),
+                    manifest={"inputs": inputs, "config_hash": config_hash(
+                        cfg, sections=("data", "model", "align", "train", "eval"))})
+    print(f"train: {dataset}: {data.n_users} users, {data.n_items} items, "
+          f"{data.train.nnz} training pairs; run {run_dir}", file=sys.stderr)
+    if cfg.train.workers == 1:
+        summary = _in_process(inp, cfg, resume=cfg.train.resume and exists)
+    else:
+        summary = _ray(inp, cfg, runs, name)
+    summary = {"job": "train", "dataset": dataset, **summary,
+               "seconds": round(time.perf_counter() - t0, 3)}
+    return summary
+
+
+def _in_process(inp: Any, cfg: Config, resume: bool) -> dict[str, Any]:
+    from recalign.train.checkpoint import FolderCheckpoints
+    from recalign.train.dist import Dist
+    from recalign.train.runner import Hooks, run_training
+
+    store = FolderCheckpoints(inp.run_dir)
+    hooks = Hooks(load=store.latest if resume else (lambda: None),
+                  save=lambda local, epoch, metrics: store.save(local, epoch))
+    out = run_training(inp, Dist(), hooks)
+    assert out is not None
+    return out
+
+
+def _ray(inp: Any, cfg: Config, runs: str, name: str) -> dict[str, Any]:
+    from recalign.operators.ray_env import ensure_ray, release_ray
+    from recalign.operators.train_worker import run_trainer
+    from recalign.storage.uri import fsspec_filesystem
+
+    ensure_ray(cfg.train.workers, object_store_gib=1.0)
+    try:
+        result = run_trainer(inp, workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
+                             run_name=name, storage=runs, max_failures=cfg.train.max_failures)
+    finally:
+        release_ray()
+    if getattr(result, "error", None) is not None:
+        raise RuntimeError(f"Ray Train run failed: {result.error}")
+    fs, base = fsspec_filesystem(inp.run_dir)
+    with fs.open(f"{base}/result.json", "r") as f:
+        out = json.load(f)
+    # Ray Train restarts (max_failures) are visible as a resume inside the run
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    return standalone(DESCRIPTION, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -177,3 +178,38 @@ def spmm(graph: NormalizedGraph, x: torch.Tensor, values: torch.Tensor | None = 
         tv = graph.transpose_values(v) if t_values is None else t_values
         return _SpMM.apply(graph, v.detach(), tv.detach(), x)
     return torch.sparse.mm(graph.matrix(v), x)
+
+
+def propagate(graph: NormalizedGraph, ego: torch.Tensor, layers: int,
+              values: torch.Tensor | None = None,
+              after_layer: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              ) -> list[torch.Tensor]:
+    """Layer outputs ``[E0, E1, ..., EL]`` of ``E(l+1) = after_layer(Â E(l))``.
+
+    ``values`` replaces the matrix's values for this call (edge dropout); the transpose's values
+    are permuted once and shared by every layer's backward. ``after_layer`` transforms each
+    propagated layer before it feeds the next one (SimGCL's noise). How the layers are combined
+    (sum, concatenation) is the caller's choice.
+    """
+    v = graph.values if values is None else values
+    t_values = (graph.transpose_values(v)
+                if ego.requires_grad and torch.is_grad_enabled() else None)
+    out = [ego]
+    h = ego
+    for _ in range(layers):
+        h = spmm(graph, h, v, t_values)
+        if after_layer is not None:
+            h = after_layer(h)
+        out.append(h)
+    return out
+
+
+def edge_spmm(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, x: torch.Tensor,
+              n_rows: int) -> torch.Tensor:
+    """``y[r] = Σ_e values[e] · x[cols[e]]`` over edges with ``rows[e] = r``.
+
+    Differentiable in ``values`` *and* ``x`` (unlike :func:`spmm`), for adjacency weights that
+    are themselves functions of the embeddings (DCCF's adaptive masks). ``values``: [E].
+    """
+    msg = x.index_select(0, cols) * values.unsqueeze(-1)
+    return x.new_zeros((n_rows, msg.shape[-1])).index_add_(0, rows, msg)

@@ -28,6 +28,28 @@ def register_backbone(name: str) -> Callable[[B], B]:
 def _load_builtin() -> None:
     # importing the modules registers them
     from recalign.models import lightgcn  # noqa: F401
+    from recalign.models import autocf, dccf, gccf, sgl, simgcl  # noqa: F401
+
+
+def resolve_params(name: str, params_cls: type, presets: dict[str, dict[str, Any]],
+                   params: Any = None, preset: str | None = None) -> Any:
+    """A backbone's params: the preset's values, then ``params`` (a model or a dict) on top.
+
+    Shared by every backbone's ``build`` so that presets and overrides behave the same way.
+    """
+    base: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in presets:
+            raise ConfigError(f"unknown {name} preset {preset!r} (model.preset); known: "
+                              f"{', '.join(sorted(presets))}")
+        base.update(presets[preset])
+    if isinstance(params, params_cls):
+        if preset is None:
+            return params
+        base.update(params.model_dump(exclude_unset=True))
+    elif params is not None:
+        base.update(dict(params))
+    return params_cls(**base)
 
 
 def known_backbones() -> list[str]:

@@ -1,0 +1,197 @@
+"""AutoCF (Xia et al., WWW 2023): automated self-supervised masked graph autoencoding.
+
+As RLMRec's reference (HKUDS/RLMRec ``general_cf/autocf.py``, ``AutoCFTrainer``,
+``autocf.yml``), restated:
+
+* **Learned seed selection** (every ``fix_steps`` training steps): score each node by the
+  agreement of its layer-0 embedding with the mean of its 1- and 2-hop neighbourhood
+  (``σ(cos)``), add Gumbel noise to the log-scores, take the top ``seed_num`` as seeds
+  (:func:`recalign.models.augment.autocf_seed_scores`); on those steps the infomax loss
+  ``-mean(noisy log-scores)`` over all nodes is added (it trains the embeddings to make
+  local–global agreement high).
+* **Masking** (:func:`recalign.models.augment.mask_subgraphs`): remove every edge within
+  ``mask_depth`` (2) hops of the seeds; the **encoder** propagates on the remaining edges,
+  renormalised ``D^-1/2 A D^-1/2``, ``gcn_layers`` linear LightGCN layers. The **decoder** is
+  ``gt_layers`` (1) graph-transformer layer(s) on a graph of random edges among the masked
+  nodes (+ ``keep_rate``·N random nodes) + self-loops + the kept edges. The masked edges are
+  reconstructed through the loss below: the batch's positive pairs include them.
+* **Graph-transformer layer**: for each edge (r, c), per head (``heads`` = 4),
+  ``a = clamp(<q_r, k_c>, ±10)``, ``exp``-normalised over the row's edges (+1e-8), output row
+  ``r`` = ``Σ_c a · v_c``; q/k/v = linear maps d→d without bias (xavier). No residual.
+* final representation: sum of the encoder's layers 0..L and the decoder's output(s).
+* **loss** (not BPR): ``-mean_b <u_b, p_b>`` + ``mean_b log Σ_{all items} exp<u_b, i>``
+  + ``ssl_reg · (mean_{unique users} log Σ_{all users} exp<u, u'> + mean_{unique pos items}
+  log Σ_{all items} exp<i, i'>)`` + ``reg_weight · Σ||W||²`` over all parameters (tables and
+  the transformer's q/k/v) [+ infomax on seed steps]. Negative items are not used.
+* **evaluation**: encoder and decoder both on the full graph (``forward(adj, adj)``).
+
+Choices: the reference resamples at batch index ``i % fix_steps == 0`` *within* each epoch;
+the backbone does not see epoch boundaries, so it counts training steps globally (on
+Amazon-book's 30 batches per epoch the two schedules coincide). The masked graphs are not part
+of the state dict. Seeds are scored on the raw layer-0 rows (before an alignment's layer-0
+hook), the encoder runs on the hooked rows. Full-graph propagation only; shardable ID tables.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import scipy.sparse as sp
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from recalign.data.graph import (NormalizedGraph, bipartite_adjacency, normalized_adjacency,
+                                 propagate)
+from recalign.data.sampler import BPRBatch
+from recalign.models.augment import (MaskedGraphs, autocf_seed_scores, binary_graph,
+                                     mask_subgraphs)
+from recalign.models.base import Backbone, Layer0Hook, RecOutput
+from recalign.models.contrastive import l2_sum, log_sum_exp_contrast, pick_rows
+from recalign.models.registry import register_backbone, resolve_params
+from recalign.tables.collection import IdTables
+from recalign.tables.optim import TableOptimizerSpec
+
+
+class AutoCFParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dim: int = Field(32, ge=1)
+    gcn_layers: int = Field(2, ge=0)
+    gt_layers: int = Field(1, ge=0)
+    heads: int = Field(4, ge=1)
+    reg_weight: float = Field(1e-6, ge=0)
+    ssl_reg: float = Field(1.0, ge=0)
+    keep_rate: float = Field(0.2, ge=0, le=1, description="fraction of nodes added at random "
+                             "to the decoder's masked set")
+    seed_num: int = Field(100, ge=1)
+    mask_depth: int = Field(2, ge=1)
+    fix_steps: int = Field(10, ge=1, description="steps between seed/mask resampling")
+
+
+#: HKUDS/RLMRec autocf.yml; REFERENCE.md "Other backbones" (AutoCF base row)
+_COMMON = {"dim": 32, "gt_layers": 1, "heads": 4, "keep_rate": 0.2, "seed_num": 100,
+           "mask_depth": 2, "fix_steps": 10}
+PRESETS: dict[str, dict[str, object]] = {
+    "rlmrec-amazon-book": {**_COMMON, "gcn_layers": 2, "reg_weight": 1e-6, "ssl_reg": 5.0},
+    "rlmrec-yelp": {**_COMMON, "gcn_layers": 3, "reg_weight": 1e-7, "ssl_reg": 2.0},
+    "rlmrec-steam": {**_COMMON, "gcn_layers": 2, "reg_weight": 1e-6, "ssl_reg": 0.5},
+}
+
+
+class GraphTransformerLayer(nn.Module):
+    """Multi-head attention over each node's edges (rows attend to their columns)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.q = nn.Parameter(nn.init.xavier_uniform_(torch.empty(dim, dim)))
+        self.k = nn.Parameter(nn.init.xavier_uniform_(torch.empty(dim, dim)))
+        self.v = nn.Parameter(nn.init.xavier_uniform_(torch.empty(dim, dim)))
+
+    def forward(self, rows: torch.Tensor, cols: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        n, d = x.shape
+        h = self.heads
+        xr, xc = x.index_select(0, rows), x.index_select(0, cols)
+        q = (xr @ self.q).view(-1, h, d // h)
+        k = (xc @ self.k).view(-1, h, d // h)
+        v = (xc @ self.v).view(-1, h, d // h)
+        att = torch.exp((q * k).sum(-1).clamp(-10.0, 10.0))            # [E, h]
+        norm = x.new_zeros((n, h)).index_add_(0, rows, att).index_select(0, rows)
+        att = att / (norm + 1e-8)
+        msg = (att.unsqueeze(-1) * v).reshape(-1, d)
+        return x.new_zeros((n, d)).index_add_(0, rows, msg)
+
+
+@register_backbone("autocf")
+class AutoCF(Backbone):
+    Params: ClassVar[type[BaseModel]] = AutoCFParams
+    PRESETS: ClassVar[dict[str, dict[str, object]]] = PRESETS
+
+    def __init__(self, graph: NormalizedGraph, ones: NormalizedGraph,
+                 params: AutoCFParams | None = None, *,
+                 optimizer: TableOptimizerSpec | None = None,
+                 tables: IdTables | None = None) -> None:
+        super().__init__(graph.n_users, graph.n_items)
+        self.params = params or AutoCFParams()
+        self.graph = graph
+        self.ones = ones
+        self.tables = tables if tables is not None else IdTables(
+            graph.n_users, graph.n_items, self.params.dim, optimizer=optimizer)
+        self.gt = nn.ModuleList(GraphTransformerLayer(self.params.dim, self.params.heads)
+                                for _ in range(self.params.gt_layers))
+        self.full_rows = torch.repeat_interleave(torch.arange(graph.n_nodes),
+                                                 torch.diff(graph.crow))
+        self.full_cols = graph.col
+        self.steps = 0
+        self.masks: MaskedGraphs | None = None
+        self.out_dim = self.params.dim
+
+    @classmethod
+    def build(cls, train: sp.spmatrix, params: AutoCFParams | dict | None = None, *,
+              preset: str | None = None,
+              optimizer: TableOptimizerSpec | None = None) -> "AutoCF":
+        p = resolve_params("autocf", AutoCFParams, PRESETS, params, preset)
+        n_users, n_items = train.shape
+        ones = binary_graph(bipartite_adjacency(train), n_users, n_items)
+        return cls(normalized_adjacency(train), ones, p, optimizer=optimizer)
+
+    def resample(self, ego: torch.Tensor) -> torch.Tensor:
+        """New seeds and masked graphs from layer-0 rows ``ego``; returns the infomax loss."""
+        scores, seeds = autocf_seed_scores(self.ones, ego, self.params.seed_num)
+        self.masks = mask_subgraphs(self.ones, seeds, self.params.mask_depth,
+                                    self.params.keep_rate)
+        return -scores.mean()
+
+    def _encode(self, ego: torch.Tensor) -> torch.Tensor:
+        if self.training and self.masks is not None:
+            enc, rows, cols = self.masks.encoder, self.masks.decoder_rows, self.masks.decoder_cols
+        else:
+            enc, rows, cols = self.graph, self.full_rows, self.full_cols
+        layers = propagate(enc, ego, self.params.gcn_layers)
+        h = layers[-1]
+        for gt in self.gt:
+            h = gt(rows, cols, h)
+            layers.append(h)
+        return torch.stack(layers).sum(0)
+
+    def _layer0(self, layer0_hook: Layer0Hook | None):
+        u0, i0 = self.tables.all_rows()
+        raw = torch.cat([u0, i0], 0)
+        return u0, i0, raw, (layer0_hook(raw) if layer0_hook is not None else raw)
+
+    def forward(self, layer0_hook: Layer0Hook | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        _, _, raw, ego = self._layer0(layer0_hook)
+        if self.training and self.masks is None:
+            with torch.no_grad():
+                self.resample(raw)
+        final = self._encode(ego)
+        return final[: self.n_users], final[self.n_users:]
+
+    def rec_forward(self, batch: BPRBatch, layer0_hook: Layer0Hook | None = None) -> RecOutput:
+        u0, i0, raw, ego = self._layer0(layer0_hook)
+        infomax = None
+        if self.training:
+            if self.steps % self.params.fix_steps == 0 or self.masks is None:
+                infomax = self.resample(raw)
+            self.steps += 1
+        final = self._encode(ego)
+        users_all, items_all = final[: self.n_users], final[self.n_users:]
+        u, p, n = pick_rows(users_all, items_all, batch.users, batch.pos, batch.neg)
+        rec = -(u * p).sum(-1).mean()
+        uu, pp = torch.unique(batch.users), torch.unique(batch.pos)
+        ssl = (log_sum_exp_contrast(users_all.index_select(0, uu), users_all)
+               + log_sum_exp_contrast(items_all.index_select(0, pp), items_all))
+        cl = self.params.ssl_reg * ssl + log_sum_exp_contrast(u, items_all)
+        reg = self.params.reg_weight * l2_sum([u0, i0, *(w for gt in self.gt
+                                                          for w in (gt.q, gt.k, gt.v))])
+        loss = rec + reg + cl
+        losses = {"rec": rec.detach(), "reg": reg.detach(), "cl": cl.detach()}
+        if infomax is not None:
+            loss = loss + infomax
+            losses["infomax"] = infomax.detach()
+        losses["loss"] = loss
+        return RecOutput(losses=losses, users=u, pos=p, neg=n, all_users=users_all,
+                         all_items=items_all, batch=batch, layer0_users=u0, layer0_items=i0)

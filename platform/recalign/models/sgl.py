@@ -1,0 +1,123 @@
+"""SGL (Wu et al., SIGIR 2021): self-supervised graph learning with edge-dropout views.
+
+As RLMRec's reference (HKUDS/RLMRec ``general_cf/sgl.py``, ``sgl.yml``, ``augmentation:
+edge_drop``), restated:
+
+* encoder: LightGCN propagation on ``Â = D^-1/2 A D^-1/2`` (no self-loops), final = **sum** of
+  layers 0..L;
+* each step: two views, each on its own edge-dropout of ``Â`` (keep 0.8, one mask per view
+  shared by all layers — SGL-ED; kept values not rescaled), plus the clean full-graph forward;
+* BPR on the **clean** forward (no dropout), mean over the batch;
+* InfoNCE between the views (cosine / τ) for the batch's users, positive *and* negative items,
+  candidates all users / all items of view 2, rows not deduplicated, summed and divided by the
+  batch size, × ``cl_weight`` (:func:`recalign.models.contrastive.batch_view_info_nce`);
+* L2 ``reg_weight · Σ||W||²`` over both full tables.
+
+The layer-0 hook (alignment) is applied once per step and the same rewritten layer 0 feeds all
+three forwards. The representations handed to alignments are the clean forward's.
+Full-graph propagation only; ID tables are :class:`recalign.tables.IdTables` (shardable).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import scipy.sparse as sp
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from recalign.data.graph import NormalizedGraph, normalized_adjacency, propagate
+from recalign.data.sampler import BPRBatch
+from recalign.models.base import Backbone, Layer0Hook, RecOutput
+from recalign.models.contrastive import batch_view_info_nce, bpr_loss, pick_rows
+from recalign.models.registry import register_backbone, resolve_params
+from recalign.tables.collection import IdTables
+from recalign.tables.optim import TableOptimizerSpec
+
+
+class SGLParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dim: int = Field(32, ge=1)
+    layers: int = Field(3, ge=0)
+    reg_weight: float = Field(1e-5, ge=0)
+    cl_weight: float = Field(0.1, ge=0)
+    temperature: float = Field(0.2, gt=0)
+    keep_rate: float = Field(0.8, gt=0, le=1, description="edge keep rate of each view")
+
+
+#: HKUDS/RLMRec sgl.yml; REFERENCE.md "Other backbones" (SGL base row)
+PRESETS: dict[str, dict[str, object]] = {
+    "rlmrec-amazon-book": {"dim": 32, "layers": 3, "reg_weight": 1e-5, "cl_weight": 0.1,
+                           "temperature": 0.2, "keep_rate": 0.8},
+    "rlmrec-yelp": {"dim": 32, "layers": 3, "reg_weight": 1e-6, "cl_weight": 1e-3,
+                    "temperature": 0.1, "keep_rate": 0.8},
+    "rlmrec-steam": {"dim": 32, "layers": 2, "reg_weight": 1e-5, "cl_weight": 0.1,
+                     "temperature": 0.5, "keep_rate": 0.8},
+}
+
+
+@register_backbone("sgl")
+class SGL(Backbone):
+    Params: ClassVar[type[BaseModel]] = SGLParams
+    PRESETS: ClassVar[dict[str, dict[str, object]]] = PRESETS
+    #: include the negative items' InfoNCE term (SGL: yes; SimGCL: no)
+    cl_on_negatives: ClassVar[bool] = True
+
+    def __init__(self, graph: NormalizedGraph, params: BaseModel | None = None, *,
+                 optimizer: TableOptimizerSpec | None = None,
+                 tables: IdTables | None = None) -> None:
+        super().__init__(graph.n_users, graph.n_items)
+        self.params = params or self.Params()
+        self.graph = graph
+        self.tables = tables if tables is not None else IdTables(
+            graph.n_users, graph.n_items, self.params.dim, optimizer=optimizer)
+        self.out_dim = self.params.dim
+
+    @classmethod
+    def build(cls, train: sp.spmatrix, params: BaseModel | dict | None = None, *,
+              preset: str | None = None,
+              optimizer: TableOptimizerSpec | None = None) -> "SGL":
+        p = resolve_params(cls.name, cls.Params, cls.PRESETS, params, preset)
+        return cls(normalized_adjacency(train), p, optimizer=optimizer)
+
+    # ------------------------------------------------------------------ views
+    def _split(self, final: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return final[: self.n_users], final[self.n_users:]
+
+    def _clean(self, ego: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._split(torch.stack(propagate(self.graph, ego, self.params.layers)).sum(0))
+
+    def _view(self, ego: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One augmented view (here: an edge-dropout of the adjacency)."""
+        values = self.graph.edge_dropout(self.params.keep_rate)
+        return self._split(torch.stack(
+            propagate(self.graph, ego, self.params.layers, values)).sum(0))
+
+    def _ego(self, layer0_hook: Layer0Hook | None):
+        u0, i0 = self.tables.all_rows()
+        ego = torch.cat([u0, i0], 0)
+        if layer0_hook is not None:
+            ego = layer0_hook(ego)
+        return u0, i0, ego
+
+    def forward(self, layer0_hook: Layer0Hook | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._clean(self._ego(layer0_hook)[2])
+
+    def rec_forward(self, batch: BPRBatch, layer0_hook: Layer0Hook | None = None) -> RecOutput:
+        u0, i0, ego = self._ego(layer0_hook)
+        users_all, items_all = self._clean(ego)
+        u, p, n = pick_rows(users_all, items_all, batch.users, batch.pos, batch.neg)
+        bpr = bpr_loss(u, p, n)
+        reg = self.params.reg_weight * (u0.square().sum() + i0.square().sum())
+        losses = {"bpr": bpr, "reg": reg}
+        loss = bpr + reg
+        if self.params.cl_weight > 0:
+            cl = self.params.cl_weight * batch_view_info_nce(
+                self._view(ego), self._view(ego), batch.users, batch.pos,
+                batch.neg if self.cl_on_negatives else None, self.params.temperature)
+            losses["cl"] = cl
+            loss = loss + cl
+        out = {"loss": loss, **{k: v.detach() for k, v in losses.items()}}
+        return RecOutput(losses=out, users=u, pos=p, neg=n, all_users=users_all,
+                         all_items=items_all, batch=batch, layer0_users=u0, layer0_items=i0)

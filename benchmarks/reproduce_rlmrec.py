@@ -1,0 +1,129 @@
+"""RLMRec's CF backbones on its Amazon-book split with the paper presets, beside the paper.
+
+    .venv/bin/python benchmarks/reproduce_rlmrec.py                         # 6 backbones x 3 seeds
+    .venv/bin/python benchmarks/reproduce_rlmrec.py --backbones sgl --seeds 2023 --max-epochs 60
+
+Single process, 1 torch thread by default (the machine is shared). Each run:
+``run_cf(data, backbone, preset="rlmrec-amazon-book")`` — Adam 1e-3, batch 4096, validate every
+3 epochs, stop after 5 validations without a better val Recall@20 (or ``--max-epochs``), test
+once with the best weights (training items masked). Results are *merged* into
+``benchmarks/out/reproduce_rlmrec.json`` keyed by (backbone, seed), so backbones can be run in
+separate invocations; the table printed (and written to ``reproduce_rlmrec.md``) covers every
+run recorded there: mean test Recall@20 / NDCG@20 over the recorded seeds, the paper's value,
+the target (paper − 2% relative), the median training-epoch time (negative sampling included,
+evaluation excluded) and the epochs run / best epoch / whether ``--max-epochs`` cut the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from recalign.config import DataConfig  # noqa: E402
+from recalign.data.ingest import load_dataset  # noqa: E402
+from recalign.train.loop import CFData, TrainParams, run_cf  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "rlmrec-amazon-book"
+PRESET = "rlmrec-amazon-book"
+#: RLMRec paper, Amazon-book, test Recall@20 / NDCG@20 (REFERENCE.md)
+PAPER = {"lightgcn": (.1411, .0856), "gccf": (.1343, .0807), "sgl": (.1473, .0913),
+         "simgcl": (.1512, .0919), "dccf": (.1517, .0943), "autocf": (.1536, .0984)}
+ORDER = ["lightgcn", "gccf", "sgl", "simgcl", "dccf", "autocf"]
+TOLERANCE = 0.02  # relative
+
+
+def load(path: Path) -> CFData:
+    ds = load_dataset(DataConfig(source="rlmrec", path=str(path), split={"method": "given"}))
+    return CFData.from_dataset(ds)
+
+
+def table(runs: dict[str, dict]) -> str:
+    lines = ["| backbone | seeds | R@20 mean | paper | target | N@20 mean | paper | target | "
+             "status | median epoch s | epochs (best) per seed |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+    for bb in ORDER:
+        rs = [r for r in runs.values() if r["backbone"] == bb]
+        if not rs:
+            continue
+        rs.sort(key=lambda r: r["seed"])
+        rec = float(np.mean([r["test"]["recall@20"] for r in rs]))
+        ndcg = float(np.mean([r["test"]["ndcg@20"] for r in rs]))
+        pr, pn = PAPER[bb]
+        tr, tn = pr * (1 - TOLERANCE), pn * (1 - TOLERANCE)
+        ok = rec >= tr and ndcg >= tn
+        status = "ok" if ok else f"short: R {100 * (rec / pr - 1):+.1f}%, N {100 * (ndcg / pn - 1):+.1f}%"
+        if any(r["capped"] for r in rs):
+            status += f" (capped at {max(r['max_epochs'] for r in rs)} epochs, not converged)"
+        ep = statistics.median([t for r in rs for t in r["epoch_times"]])
+        per = ", ".join(f"{r['epochs']} ({r['best_epoch']}){'*' if r['capped'] else ''}"
+                        for r in rs)
+        lines.append(f"| {bb} | {','.join(str(r['seed']) for r in rs)} | {rec:.4f} | {pr:.4f} | "
+                     f"{tr:.4f} | {ndcg:.4f} | {pn:.4f} | {tn:.4f} | {status} | {ep:.2f} | {per} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--backbones", nargs="+", default=ORDER, choices=ORDER)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[2023, 2024, 2025])
+    ap.add_argument("--max-epochs", type=int, default=3000)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "reproduce_rlmrec.json")
+    args = ap.parse_args(argv)
+    if not args.data.is_dir():
+        print(f"skip: data folder {args.data} not found", file=sys.stderr)
+        return 0
+    data = load(args.data)
+    print(f"data: {data.n_users} users x {data.n_items} items, train {data.train.nnz}", flush=True)
+    store = json.loads(args.out.read_text()) if args.out.exists() else {"runs": {}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for bb in args.backbones:
+        for seed in args.seeds:
+            t = time.perf_counter()
+
+            def log(rec: dict) -> None:
+                if "valid" in rec:
+                    print(f"  {bb} seed {seed} epoch {rec['epoch']} train {rec['train_s']:.2f}s "
+                          f"loss {rec.get('loss', float('nan')):.4f} val R@20 "
+                          f"{rec['valid']['recall@20']:.4f}", flush=True)
+
+            res = run_cf(data, bb, preset=PRESET,
+                         params=TrainParams(seed=seed, threads=args.threads,
+                                            max_epochs=args.max_epochs), on_epoch=log)
+            wall = time.perf_counter() - t
+            run = {"backbone": bb, "seed": seed, "preset": PRESET, "test": res["test"],
+                   "valid": res["valid"], "best_epoch": res["best_epoch"],
+                   "epochs": res["epochs"], "max_epochs": args.max_epochs,
+                   "capped": res["epochs"] >= args.max_epochs,
+                   "epoch_times": [h["train_s"] for h in res["history"]],
+                   "train_seconds": res["train_seconds"], "eval_seconds": res["eval_seconds"],
+                   "wall_seconds": wall, "threads": args.threads, "cpus": os.cpu_count(),
+                   "torch": torch.__version__,
+                   "valid_curve": [(h["epoch"], h["valid"]["recall@20"])
+                                   for h in res["history"] if "valid" in h]}
+            store["runs"][f"{bb}/{seed}"] = run
+            args.out.write_text(json.dumps(store, indent=2))
+            print(f"{bb} seed {seed}: best epoch {res['best_epoch']} of {res['epochs']}, test "
+                  f"R@20 {res['test']['recall@20']:.4f} N@20 {res['test']['ndcg@20']:.4f} "
+                  f"({wall:.0f} s)", flush=True)
+    md = table(store["runs"])
+    print(md)
+    args.out.with_suffix(".md").write_text(md + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -12,8 +12,10 @@ its own projected vector are the positive pair of an InfoNCE with cosine similar
 
 Cosines use ``x / sqrt(1e-8 + |x|^2)`` as the reference. Rows whose entity has no semantic
 vector are left out of every term (as numerators and as candidates); ``B`` stays the batch size.
-The projection of a batch is computed once per distinct id (same values as projecting every
-row; the reference projects every user and item). ``reg_weight`` adds the reference's L2 over
+Batch rows are deduplicated by id: a repeated user or item contributes one row of the
+similarity matrix weighted by its count, and a repeated candidate ``log count`` inside the
+sum, which gives the reference's value and gradients at ``U x U`` instead of ``B x B`` cost
+(and each distinct semantic vector is projected once). ``reg_weight`` adds the reference's L2 over
 the alignment's own parameters (its ``reg_params(self)`` covers the MLP too); it defaults to
 the backbone's ``reg_weight``.
 """
@@ -58,14 +60,31 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / torch.sqrt(1e-8 + x.square().sum(-1, keepdim=True))
 
 
-def infonce_sum(e: torch.Tensor, pos: torch.Tensor, cands: torch.Tensor, tau: float) -> torch.Tensor:
-    """Sum over rows of -cos(e, pos)/tau + log sum_c exp(cos(e, c)/tau) (reference form)."""
+def infonce_sum(e: torch.Tensor, pos: torch.Tensor, cands: torch.Tensor, tau: float,
+                row_weight: torch.Tensor | None = None,
+                cand_count: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum over rows of -cos(e, pos)/tau + log sum_c exp(cos(e, c)/tau) (reference form).
+
+    ``row_weight`` / ``cand_count``: multiplicities of deduplicated rows / candidates, so that
+    ``B`` batch rows with repeated ids cost ``U x U`` instead of ``B x B`` and give exactly the
+    same value and gradients (a repeated candidate adds ``log count`` inside the sum)."""
     if e.shape[0] == 0:
         return e.new_zeros(())
     ne, np_, nc = _unit(e), _unit(pos), _unit(cands)
     nume = -(ne * np_).sum(-1) / tau
-    deno = torch.logsumexp(ne @ nc.T / tau, dim=-1)
-    return (nume + deno).sum()
+    logits = ne @ nc.T / tau
+    if cand_count is not None:
+        logits = logits + torch.log(cand_count.to(logits.dtype)).unsqueeze(0)
+    terms = nume + torch.logsumexp(logits, dim=-1)
+    return terms.sum() if row_weight is None else (terms * row_weight.to(terms.dtype)).sum()
+
+
+def dedupe(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(unique ids, position of each one's first occurrence, counts)."""
+    uniq, inv, counts = torch.unique(ids, return_inverse=True, return_counts=True)
+    first = torch.full((uniq.numel(),), ids.numel(), dtype=torch.long, device=ids.device)
+    first.scatter_reduce_(0, inv, torch.arange(ids.numel(), device=ids.device), reduce="amin")
+    return uniq, first, counts
 
 
 def own_l2(module: nn.Module) -> torch.Tensor:
@@ -117,23 +136,25 @@ class RLMRecCon(Alignment):
     def _item_term(self, reps: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         keep = self.mask_items[ids]
         ids, reps = ids[keep], reps[keep]
-        uniq, inv = torch.unique(ids, return_inverse=True)
-        proj = self._project(self.sem_items[uniq])[inv]
-        return infonce_sum(reps, proj, proj, self.params.tau)
+        uniq, first, counts = dedupe(ids)
+        proj = self._project(self.sem_items[uniq])
+        # in-batch candidates: every batch row's projection, i.e. each distinct item x count
+        return infonce_sum(reps[first], proj, proj, self.params.tau, counts, counts)
 
     def forward(self, out: Any) -> dict[str, torch.Tensor]:
         b = out.batch
         n = len(b)
         keep = self.mask_users[b.users]
-        users = b.users[keep]
+        users, reps = b.users[keep], out.users[keep]
+        uniq, first, counts = dedupe(users)
         if self.params.user_candidates == "all":
             cands = self._project(self.sem_users[self.users_with])
-            pos_u = cands[self.user_slot[users]]
+            pos_u = cands[self.user_slot[uniq]]
+            cand_count = None
         else:
-            uniq, inv = torch.unique(users, return_inverse=True)
             cands = self._project(self.sem_users[uniq])
-            pos_u = cands[inv]
-        kd = infonce_sum(out.users[keep], pos_u, cands, self.params.tau)
+            pos_u, cand_count = cands, counts
+        kd = infonce_sum(reps[first], pos_u, cands, self.params.tau, counts, cand_count)
         kd = kd + self._item_term(out.pos, b.pos)
         if self.params.neg_term:
             kd = kd + self._item_term(out.neg, b.neg)

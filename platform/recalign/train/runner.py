@@ -47,7 +47,8 @@ from recalign.config import Config
 from recalign.data.sampler import BPRBatch, BPRSampler
 from recalign.errors import ConfigError
 from recalign.eval.metrics import RankingSums, finalize, get_protocol, ranking_sums
-from recalign.tables.optim import TableOptimizerSpec, dense_optimizer, fused_supported
+from recalign.tables.optim import (TableOptimizerSpec, dense_optimizer, fused_supported,
+                                   resolve_kernel)
 from recalign.train import checkpoint as ckpt
 from recalign.train.curves import curves, plot_png
 from recalign.train.dist import Dist
@@ -94,9 +95,24 @@ class _Optim:
             self.dense.step()
 
 
+def backbone_params(cfg: Config) -> dict[str, Any]:
+    """Backbone preset, then the alignment preset's backbone settings, then ``model.params``."""
+    from recalign.models.registry import get_backbone
+
+    cls = get_backbone(cfg.model.backbone)
+    base = dict(getattr(cls, "PRESETS", {}).get(cfg.model.preset, {})) if cfg.model.preset else {}
+    if cfg.align.method != "none":
+        from recalign.align.presets import align_model_overrides
+
+        base.update(align_model_overrides(cfg.align, cfg.model.backbone))
+    merged = {**base, **cfg.model.params}
+    params_cls = getattr(cls, "Params", None)
+    return params_cls(**merged).model_dump() if params_cls is not None else merged
+
+
 def model_meta(cfg: Config, n_users: int, n_items: int) -> dict[str, Any]:
     """What a checkpoint must agree on to be resumed."""
-    p = cfg.model.resolved_params()
+    p = backbone_params(cfg)
     return {"backbone": cfg.model.backbone, "dim": p.get("dim"), "n_users": int(n_users),
             "n_items": int(n_items), "workers": cfg.train.workers,
             "sharding": cfg.train.sharding if cfg.train.workers > 1 else None,
@@ -145,7 +161,8 @@ def check_inputs(cfg: Config, data: CFData) -> None:
 
 def run_training(inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> dict[str, Any] | None:
     """Train, evaluate, early-stop, checkpoint and export; rank 0 returns the summary."""
-    from recalign.align.base import build_alignment
+    from recalign.align.presets import build_from_config
+    from recalign.data.idmap import IdMap
     from recalign.models.registry import get_backbone
 
     hooks = hooks or Hooks()
@@ -158,12 +175,23 @@ def run_training(inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> dict[st
     aux_rng = np.random.default_rng([t.seed, 7919, d.rank])  # neighbour sampling, per rank
     spec = TableOptimizerSpec(**t.optimizer.model_dump())
     sampled = t.propagation.mode == "sampled"
-    params = cfg.model.resolved_params()
-    build_spec = spec.model_copy(update={"kernel": "dense"}) if d.distributed else spec
+    params = backbone_params(cfg)
+    dense_spec = spec.model_copy(update={"kernel": "dense"})
     kwargs = {"full_graph": False} if sampled else {}
-    model = get_backbone(cfg.model.backbone).build(data.train, params, optimizer=build_spec,
-                                                   **kwargs)
-    align = build_alignment(cfg.align.method)
+    # built with the dense kernel first: the canonical seeded initial rows, which the fused or
+    # sharded tables then receive, so every world size and kernel starts from the same rows
+    cls = get_backbone(cfg.model.backbone)
+    model = cls.build(data.train, params, optimizer=dense_spec, **kwargs)
+    if not d.distributed and model.tables.kernel != resolve_kernel(spec, d.device):
+        init = model.tables.weights()
+        model = cls.build(data.train, params, optimizer=spec, **kwargs)
+        with torch.no_grad():
+            for (k, v), src in zip(sorted(model.tables.ebc.state_dict().items()),
+                                   (init[1], init[0])):  # sorted keys: item, user
+                v.copy_(src)
+        assert torch.equal(model.tables.weights()[0], init[0])
+    align = build_from_config(cfg.align, model, user_map=IdMap(inp.user_keys),
+                              item_map=IdMap(inp.item_keys))
     proto = get_protocol(ev.protocol)
     select = ev.select_metric or proto.select
     nsampler = None
@@ -193,6 +221,9 @@ def run_training(inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> dict[st
         opt = _Optim(dense_optimizer(dense, spec))
         fused_opt = net.tables.fused_optimizer()
     dense_params = [p for p in dense if p.requires_grad]
+    # DMP initialises the shards from torch's RNG: re-seed at the same point for every world
+    # size, so edge dropout draws the same masks in a 1-worker and an N-worker run
+    torch.manual_seed(t.seed + 1)
 
     def after_backward() -> None:
         if d.distributed:

@@ -242,6 +242,10 @@ class LLMConfig(Section):
     timeout_s: float = Field(120.0, gt=0)
     http_retries: int = Field(4, ge=0, description="retries of a failed HTTP request")
     backoff_s: float = Field(1.0, ge=0, description="first retry delay (doubles, with jitter)")
+    # cost accounting (0: self-hosted)
+    price_prompt_per_1k: float = Field(0.0, ge=0, description="price per 1000 prompt tokens")
+    price_completion_per_1k: float = Field(0.0, ge=0, description="price per 1000 completion "
+                                           "tokens; cost = tokens x price, in the summary")
 
 
 class EmbedConfig(Section):
@@ -329,6 +333,8 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(1, ge=0, description="checkpoint after every N-th validation "
                                   "(0: never)")
     max_seconds: float | None = Field(None, gt=0, description="stop training after this long")
+    steps_per_epoch: int | None = Field(None, ge=1, description="cap on batches per epoch "
+                                        "(smoke runs and throughput benchmarks)")
 
 
 class EvalConfig(Section):

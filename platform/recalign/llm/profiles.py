@@ -508,6 +508,8 @@ def generate_profiles(ds: Dataset, llm: Any, store: SnapshotStore, make_runner: 
         "profiles_per_s": round((acc.ok + acc.failed) / acc.generation_s, 3)
         if acc.generation_s > 0 else None,
         "fail_reasons": acc.fail_reasons,
+        "cost": round(acc.prompt_tokens / 1000 * llm.price_prompt_per_1k
+                      + acc.completion_tokens / 1000 * llm.price_completion_per_1k, 6),
     }
     if getattr(runner, "startup_s", None) is not None:
         accounting["engine_startup_s"] = round(runner.startup_s, 3)

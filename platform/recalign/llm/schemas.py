@@ -46,10 +46,11 @@ def engine_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def max_tokens_for(schema: dict[str, Any]) -> int:
-    """A completion cap that fits every string at its maxLength (about 3 characters/token)."""
+    """A completion cap that fits every string at its maxLength at 2 characters per token
+    (English prose is ~4; digit runs are 1, and such degenerate outputs are cut and retried)."""
     total = 0
     for prop in schema.get("properties", {}).values():
-        total += int(prop.get("maxLength", 200)) // 3 + 8
+        total += int(prop.get("maxLength", 200)) // 2 + 8
     return total + 24
 
 

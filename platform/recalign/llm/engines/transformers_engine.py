@@ -69,7 +69,10 @@ class TransformersEngine(GenerationEngine):
                     self.tokenizer, vocab_size=self.model.config.vocab_size,
                     stop_token_ids=sorted(self.eos_ids))
                 self._compiler = xgr.GrammarCompiler(info)
-            self._grammars[key] = self._compiler.compile_json_schema(key)
+            # compact JSON (as vLLM's disable_any_whitespace): free whitespace lets a small model
+            # emit blanks after the last value until max_new_tokens
+            self._grammars[key] = self._compiler.compile_json_schema(
+                key, any_whitespace=False, separators=(",", ":"))
         return self._grammars[key]
 
     def _generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:

@@ -48,6 +48,10 @@ def engine_args(cfg: Any, model_path: str) -> dict[str, Any]:
         "tensor_parallel_size": cfg.tensor_parallel_size,
         "pipeline_parallel_size": cfg.pipeline_parallel_size,
         "seed": cfg.seed,
+        # compact JSON: with free whitespace a small model can emit blanks between the last
+        # value and "}" until max_tokens (seen with SmolLM2); per-request flags are ignored in
+        # vLLM 0.32, it is an engine setting (xgrammar or guidance backends only)
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
     }
     if not cpu_only():
         kw["gpu_memory_utilization"] = cfg.gpu_memory_utilization

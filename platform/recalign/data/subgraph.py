@@ -72,6 +72,7 @@ class NeighbourSampler:
         self.deg = np.diff(self.indptr)
         self.layers = int(layers)
         self.fanouts = [int(f) for f in fanouts]
+        self._pos: np.ndarray | None = None
 
     def fanout(self, hop: int) -> int:
         return self.fanouts[min(hop, len(self.fanouts) - 1)]
@@ -101,26 +102,38 @@ class NeighbourSampler:
                layers: int | None = None) -> Subgraph:
         """The ``layers``-hop sampled neighbourhood of global node ids ``seeds``."""
         L = self.layers if layers is None else int(layers)
-        seen = np.unique(np.asarray(seeds, dtype=np.int64))
-        frontier = seen
+        n_nodes = self.indptr.size - 1
+        if self._pos is None:  # dense scratch arrays: O(edges) marking instead of sorting
+            self._pos = np.full(n_nodes, -1, dtype=np.int64)
+        pos = self._pos
+        frontier = np.unique(np.asarray(seeds, dtype=np.int64))
+        visited = [frontier]
+        pos[frontier] = 0
         rows, cols, vals = [], [], []
-        for hop in range(L):
-            if frontier.size == 0:
-                break
-            r, c, w = self._hop(frontier, self.fanout(hop), rng)
-            rows.append(r), cols.append(c), vals.append(w)
-            new = np.setdiff1d(np.unique(c), seen, assume_unique=True)
-            seen = np.union1d(seen, new)
-            frontier = new
-        nodes = seen
-        n = nodes.size
-        if rows:
-            r = np.searchsorted(nodes, np.concatenate(rows))
-            c = np.searchsorted(nodes, np.concatenate(cols))
-            v = np.concatenate(vals)
-        else:
-            r = c = np.zeros(0, dtype=np.int64)
-            v = np.zeros(0, dtype=np.float32)
+        try:
+            for hop in range(L):
+                if frontier.size == 0:
+                    break
+                r, c, w = self._hop(frontier, self.fanout(hop), rng)
+                rows.append(r), cols.append(c), vals.append(w)
+                cand = c[pos[c] < 0]
+                new = np.unique(cand) if cand.size else cand
+                pos[new] = 0
+                visited.append(new)
+                frontier = new
+            nodes = np.sort(np.concatenate(visited))
+            n = nodes.size
+            pos[nodes] = np.arange(n, dtype=np.int64)
+            if rows:
+                r = pos[np.concatenate(rows)]
+                c = pos[np.concatenate(cols)]
+                v = np.concatenate(vals)
+            else:
+                r = c = np.zeros(0, dtype=np.int64)
+                v = np.zeros(0, dtype=np.float32)
+        finally:
+            for part in visited:
+                pos[part] = -1
         m = sp.csr_matrix((v, (r, c)), shape=(n, n), dtype=np.float32)
         m.sum_duplicates()
         m.sort_indices()

@@ -235,10 +235,13 @@ def run_training(inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> dict[st
     n_users, n_items = data.n_users, data.n_items
 
     def rank_batches() -> Iterator[BPRBatch]:
-        for b in sampler.epoch(rng, t.batch_size):
+        for step, b in enumerate(sampler.epoch(rng, t.batch_size)):
             n = len(b)
+            if t.steps_per_epoch is not None and step >= t.steps_per_epoch:
+                break
             if n < d.world:
                 continue
+            st["pairs"] += n
             lo, hi = n * d.rank // d.world, n * (d.rank + 1) // d.world
             sb = BPRBatch(b.users[lo:hi], b.pos[lo:hi], b.neg[lo:hi])
             if nsampler is not None:
@@ -285,7 +288,7 @@ def run_training(inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> dict[st
     meta = model_meta(cfg, n_users, n_items)
     st: dict[str, Any] = {"epoch": 0, "history": [], "best": -math.inf, "best_epoch": -1,
                           "bad": 0, "best_metrics": None, "evals": 0, "best_state": None,
-                          "train_s": 0.0, "eval_s": 0.0, "done": False}
+                          "train_s": 0.0, "eval_s": 0.0, "done": False, "pairs": 0}
     resumed_from = None
     folder = hooks.load()
     if folder is not None:
@@ -454,7 +457,9 @@ def run_training(inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> dict[st
                                          inputs=inp.manifest.get("inputs", {}),
                                          config_hash=inp.manifest.get("config_hash", ""))
         export_s = time.perf_counter() - t4
-    d.barrier()
+    import resource
+
+    rss = d.gather_objects(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if d.rank != 0:
         return None
     c = curves(st["history"], select)
@@ -463,7 +468,10 @@ def run_training(inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> dict[st
                "train_seconds": round(st["train_s"], 3), "eval_seconds": round(st["eval_s"], 3),
                "export_seconds": None if export_s is None else round(export_s, 3),
                "workers": d.world, "propagation": t.propagation.mode,
-               "resumed_from_epoch": resumed_from, "run_dir": inp.run_dir}
+               "resumed_from_epoch": resumed_from, "run_dir": inp.run_dir,
+               "pairs_trained": st["pairs"],
+               "pairs_per_s": round(st["pairs"] / st["train_s"], 1) if st["train_s"] else None,
+               "peak_rss_mb": [round(x, 1) for x in rss]}
     write_run_files(inp.run_dir, c, summary)
     return summary
 

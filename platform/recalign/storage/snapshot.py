@@ -217,7 +217,9 @@ class SnapshotStore:
     """Snapshots under one root URI (a local folder, ``file://`` or ``s3://bucket/prefix``)."""
 
     def __init__(self, root: str) -> None:
-        self.root = root.rstrip("/") or "/"
+        # a plain relative path is made absolute so that URIs in summaries and manifests
+        # stay valid from any working directory
+        self.root = (root if "://" in root else str(Path(root).expanduser().absolute())).rstrip("/") or "/"
 
     def artifact_uri(self, dataset: str, artifact: str) -> str:
         return join(self.root, _check_name("dataset", dataset), _check_name("artifact", artifact))

@@ -91,6 +91,24 @@ def time_epochs(data: CFData, threads: int, n: int, spec: TableOptimizerSpec,
             "eval_users_with_test_items": int(m["users_evaluated"])}
 
 
+def run_job(path: Path, seed: int, threads: int) -> dict:
+    """One training run through ``recalign train`` (in-process, 1 worker), as run_cf's dict."""
+    import tempfile
+
+    from recalign.config import load_config
+    from recalign.jobs import train as train_job
+
+    root = tempfile.mkdtemp(prefix="recalign-train-cf-")
+    cfg = load_config(None, ["data.source=rlmrec", f"data.path={path}", "data.split.method=given",
+                             "model.preset=" + PRESET, f"train.seed={seed}",
+                             f"train.threads={threads}", f"output.root={root}"])
+    res = train_job.run(cfg, None)
+    c = json.loads(Path(res["run_dir"], "curves.json").read_text())
+    res["history"] = [{"epoch": e, "valid": {"recall@20": v}}
+                      for e, v in zip(c["valid_epoch"], c["valid"]["recall@20"])]
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -101,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="*", default=[2023, 2024, 2025])
     ap.add_argument("--compare-kernels", action="store_true",
                     help="also time fused row-wise Adagrad tables (fbgemm CPU kernel)")
+    ap.add_argument("--job", action="store_true",
+                    help="train through the job path (recalign.jobs.train: config, runner, "
+                    "export) instead of run_cf")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "train_cf.json")
     args = ap.parse_args(argv)
     if not args.data.is_dir():
@@ -127,8 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads[0]
     for seed in args.seeds:
         t = time.perf_counter()
-        res = run_cf(data, "lightgcn", preset=PRESET,
-                     params=TrainParams(seed=seed, threads=threads))
+        if args.job:
+            res = run_job(args.data, seed, threads)
+        else:
+            res = run_cf(data, "lightgcn", preset=PRESET,
+                         params=TrainParams(seed=seed, threads=threads))
         wall = time.perf_counter() - t
         runs.append({"seed": seed, "test": res["test"], "valid": res["valid"],
                      "best_epoch": res["best_epoch"], "epochs": res["epochs"],

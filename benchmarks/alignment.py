@@ -200,6 +200,19 @@ def suite_runs(args: argparse.Namespace, datasets: list[str], variants: list[str
     return runs
 
 
+class _FirstBatches:
+    """A sampler whose epochs stop after ``n`` batches (per-step timing)."""
+
+    def __init__(self, sampler: BPRSampler, n: int) -> None:
+        self.sampler, self.n = sampler, n
+
+    def epoch(self, rng: np.random.Generator, batch_size: int, shuffle: bool = True):
+        for j, b in enumerate(self.sampler.epoch(rng, batch_size, shuffle)):
+            if j >= self.n:
+                return
+            yield b
+
+
 def suite_cost(args: argparse.Namespace) -> None:
     """Median epoch time of each alignment relative to base, one process, random 1536-d vectors."""
     ds = load_dataset(DataConfig(source="rlmrec", path=str(SHARED / "rlmrec-amazon-book"),
@@ -218,36 +231,43 @@ def suite_cost(args: argparse.Namespace) -> None:
             opt = ModelOptimizer([model, *([align] if align is not None else [])],
                                  TableOptimizerSpec())
             sampler = BPRSampler(data.train)
+            if args.steps:  # time single training steps (same code path, one batch each)
+                sampler = _FirstBatches(sampler, 1)
             train_epoch(model, opt, sampler, rng, 4096, align)  # warm-up
             times = []
-            for _ in range(args.epochs):
+            for _ in range(args.steps or args.epochs):
                 t = time.perf_counter()
                 train_epoch(model, opt, sampler, rng, 4096, align)
                 times.append(time.perf_counter() - t)
             label = variant + (" bf16" if bf16 else "")
             res.append({"variant": label, "median_s": statistics.median(times), "all_s": times})
-            log(f"{label}: median epoch {statistics.median(times):.3f} s")
+            log(f"{label}: median {'step' if args.steps else 'epoch'} "
+                f"{statistics.median(times):.3f} s ({len(times)} timed)")
     base = next(r["median_s"] for r in res if r["variant"] == "base")
     for r in res:
         r["ratio"] = r["median_s"] / base
-    print("| variant | median epoch s | × base |\n|---|---|---|")
+    unit = "step" if args.steps else "epoch"
+    print(f"| variant | median {unit} s | × base |\n|---|---|---|")
     for r in res:
         print(f"| {r['variant']} | {r['median_s']:.3f} | {r['ratio']:.2f} |")
     (OUT / "alignment_cost.json").write_text(json.dumps(
-        {"threads": args.threads, "epochs": args.epochs, "runs": res, "cpus": os.cpu_count()},
+        {"threads": args.threads, "epochs": args.epochs, "steps": args.steps, "runs": res, "cpus": os.cpu_count()},
         indent=2))
 
 
 def suite_search(args: argparse.Namespace) -> None:
     """Staged grid on validation Recall@20 (one seed): lambda, then K, N-hat, width."""
     ds, data = load(args.datasets[0])
-    sem = minilm_vectors(ds, args.datasets[0], user_items=10, max_chars=400)
+    sem = (minilm_vectors(ds, args.datasets[0]) if args.datasets[0] == "synthetic"
+           else minilm_vectors(ds, args.datasets[0], user_items=10, max_chars=400))
     out = OUT / "alignment_search.jsonl"
     best = dict(DAREC_DEFAULT)
     grid = [("weight", [0.01, 0.1, 1.0]), ("k", [4, 16, 64]), ("n_sample", [256, 1024, 4096]),
             ("width", [16, 32, 64])]
     seen: dict[str, float] = {}
     for key, values in grid:
+        if args.search_keys and key not in args.search_keys:
+            continue
         scores = {}
         for v in values:
             p = {**best, key: v}
@@ -275,12 +295,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[2023])
     ap.add_argument("--max-epochs", type=int, default=300)
     ap.add_argument("--epochs", type=int, default=5, help="timed epochs (cost)")
+    ap.add_argument("--steps", type=int, default=0, help="cost: time this many single steps "
+                    "instead of whole epochs (each includes sampling one epoch's negatives)")
     ap.add_argument("--bf16", action="store_true", help="cost: also time bf16 autocast heads")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--search-keys", nargs="*", default=None,
+                    help="search: only these DaRec keys (weight, k, n_sample, width)")
     ap.add_argument("--darec", type=str, default=None, help="JSON overrides of DaRec params")
     ap.add_argument("--align-params", type=str, default=None, help="JSON overrides of the "
                     "alignment params of every aligned variant (e.g. stronger weights)")
     args = ap.parse_args(argv)
+    search = OUT / "alignment_search.jsonl"
+    if args.suite == "real" and search.is_file():  # the recorded choice of the search suite
+        choices = [json.loads(x)["choice"] for x in search.read_text().splitlines()
+                   if '"choice"' in x]
+        if choices:
+            DAREC_DEFAULT.update(choices[-1])
+            log(f"DaRec params from the search's choice: {DAREC_DEFAULT}")
     if args.darec:
         DAREC_DEFAULT.update(json.loads(args.darec))
     if args.suite != "synthetic" and not SHARED.is_dir():

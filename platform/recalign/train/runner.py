@@ -73,7 +73,10 @@ class RunInputs:
 
 @dataclass
 class Hooks:
-    """Checkpoint storage and progress reporting, provided by the caller (Ray or in-process)."""
+    """Checkpoint storage and progress reporting, provided by the caller (Ray or in-process).
+
+    ``load`` returns a temporary local copy of the latest checkpoint (deleted after loading)
+    or None; ``save(folder, epoch, metrics)`` persists a local checkpoint folder."""
 
     load: Callable[[], str | None] = lambda: None
     save: Callable[[str, int, dict[str, Any]], None] | None = None
@@ -306,6 +309,7 @@ def run_training(inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> dict[st
         torch.set_rng_state(rs["torch_rng"])
         st.update(rs["loop"])
         resumed_from = st["epoch"]
+        shutil.rmtree(folder, ignore_errors=True)  # a temporary local copy (Hooks.load)
         log.info("rank %d resumed at epoch %d", d.rank, st["epoch"])
 
     def save_checkpoint(metrics: dict[str, Any]) -> None:

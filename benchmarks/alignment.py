@@ -51,8 +51,8 @@ OUT = ROOT / "benchmarks" / "out"
 PRESET = "rlmrec-amazon-book"
 METHOD = {"base": "none", "con": "rlmrec-con", "gen": "rlmrec-gen", "darec": "darec",
           "shuffled-con": "rlmrec-con", "shuffled-gen": "rlmrec-gen", "shuffled-darec": "darec"}
-#: DaRec's chosen setting (``search`` suite on ml-small validation; docs/results.md)
-DAREC_DEFAULT: dict[str, Any] = {"weight": 0.1, "k": 16, "n_sample": 1024, "width": 32}
+#: DaRec's chosen setting (``search`` suite, synthetic validation, lambda stage; docs/results.md)
+DAREC_DEFAULT: dict[str, Any] = {"weight": 0.01, "k": 16, "n_sample": 1024, "width": 32}
 
 DATASETS: dict[str, dict[str, Any]] = {
     "ml": {"source": "movielens", "path": str(SHARED / "movielens-latest-small"),

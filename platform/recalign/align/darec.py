@@ -39,7 +39,8 @@ from recalign.align.semantic import SemanticVectors
 class DaRecParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    weight: float = Field(0.1, ge=0, description="lambda: weight of the summed DaRec terms")
+    weight: float = Field(0.01, ge=0, description="lambda: weight of the summed DaRec terms "
+                          "(chosen by the validation search in docs/results.md)")
     n_sample: int = Field(1024, ge=4, description="N-hat: rows sampled per step (per worker)")
     k: int = Field(16, ge=2, description="preference centres per side")
     width: int = Field(32, ge=2, description="width of the shared/specific parts")

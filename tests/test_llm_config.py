@@ -30,6 +30,9 @@ def test_vllm_engine_args_pass_through() -> None:
     assert kw["enable_prefix_caching"] is True and kw["max_num_seqs"] == 128  # engine_kwargs win
     assert kw["structured_outputs_config"]["disable_any_whitespace"] is True
     assert engine_args(LLMConfig(), "m")["distributed_executor_backend"] == "uni"
+    # on CPU (this machine): no chunked prefill (vLLM 0.32 CPU bug with per-request seeds)
+    cpu = engine_args(LLMConfig(max_model_len=8192), "m")
+    assert cpu["enable_chunked_prefill"] is False and cpu["max_num_batched_tokens"] == 8192
 
 
 def test_pool_resources() -> None:

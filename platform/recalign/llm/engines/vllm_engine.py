@@ -53,7 +53,13 @@ def engine_args(cfg: Any, model_path: str) -> dict[str, Any]:
         # vLLM 0.32, it is an engine setting (xgrammar or guidance backends only)
         "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
     }
-    if not cpu_only():
+    if cpu_only():
+        # vLLM 0.32's CPU build crashes ("CPU Generator does not use offset") when a request
+        # with its own seed is in a partial (chunked) prefill; without chunked prefill every
+        # prompt is prefilled in one step, so the batch token budget must hold the longest one
+        kw["enable_chunked_prefill"] = False
+        kw["max_num_batched_tokens"] = max(cfg.max_model_len, 4096)
+    else:
         kw["gpu_memory_utilization"] = cfg.gpu_memory_utilization
     # one device: the single-process executor (no extra worker process, less IPC);
     # TP/PP > 1: vLLM's Ray executor inside the placement group the pool reserves

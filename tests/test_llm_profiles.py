@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -73,12 +75,14 @@ def test_incremental_rerun_and_five_percent_change(tmp_path: Path, vllm_engine, 
     third = run_profiles(root, engine, model_dir, max_attempts=4)
     assert third["requests"] == vllm_engine.requests_made - calls1
     items3, users3 = rows(root, "items"), rows(root, "users")
+    assert len(items3) == 20 and len(users3) == 6  # reused rows are carried into the version
+    assert third["counts"] == {"items": 20, "users": 6}
     new = third["version"]
     regenerated_items = {k for k, r in items3.items() if r["generated_in"] == new}
     regenerated_users = {k for k, r in users3.items() if r["generated_in"] == new}
     # expected from the raw data: users with a *training* interaction on item i7
     ds = read_dataset(SnapshotStore(str(root)).open("texty", "dataset"))
-    i7 = int(ds.item_map.lookup(__import__("pyarrow").array(["i7"]))[0])
+    i7 = int(ds.item_map.lookup(pa.array(["i7"]))[0])
     t = ds.interactions.to_pandas()
     expected_users = set(ds.user_map.key_of(np.unique(
         t[(t.item == i7) & (t.split == 0)].user.to_numpy())).to_pylist())
@@ -87,6 +91,9 @@ def test_incremental_rerun_and_five_percent_change(tmp_path: Path, vllm_engine, 
     assert third["ok"] + third["failed"] == 1 + len(expected_users)
     for k in set(items1) - {"i7"}:
         assert items3[k]["summarization"] == items1[k]["summarization"]
+    for k in set(users1) - expected_users:
+        assert users3[k]["summarization"] == users1[k]["summarization"]
+        assert users3[k]["generated_in"] == first["version"]
 
 
 class CorruptingEngine(GenerationEngine):
@@ -120,7 +127,7 @@ def test_invalid_outputs_are_retried_then_recorded_not_fatal(tmp_path: Path, vll
     src, root = tmp_path / "src", tmp_path / "root"
     ingest_folder(write_text_dataset(src, n_items=6, n_users=2, per_user=5), root)
     ds = read_dataset(SnapshotStore(str(root)).open("texty", "dataset"))
-    i = {k: int(v) for k, v in zip(["i1", "i2"], ds.item_map.lookup(__import__("pyarrow").array(["i1", "i2"])))}
+    i = {k: int(v) for k, v in zip(["i1", "i2"], ds.item_map.lookup(pa.array(["i1", "i2"])))}
     engine = CorruptingEngine(SharedEngine(vllm_engine),
                               {f"items:{i['i1']}": 1, f"items:{i['i2']}": 99})
     s = run_profiles(root, engine, model_dir, max_attempts=3)
@@ -140,6 +147,7 @@ def test_invalid_outputs_are_retried_then_recorded_not_fatal(tmp_path: Path, vll
     assert s2["ok"] + s2["failed"] >= 1 and engine.requests_made - before == s2["requests"]
     items2 = rows(root, "items")
     assert items2["i2"]["status"] == "ok" and items2["i2"]["attempts"] >= 4
+    assert len(items2) == 6 and len(rows(root, "users")) == 2
 
 
 def _job_config(path: Path, root: Path, src: Path, **llm) -> Path:
@@ -172,7 +180,6 @@ def test_killed_job_resumes_without_regenerating(tmp_path: Path, model_dir: str)
     proc.wait()
     (killed,) = [p for p in art.iterdir() if p.name.startswith("v=")]
     assert not (killed / "_SUCCESS").exists() and not (art / "LATEST").exists()
-    import pyarrow.parquet as pq
     done = {}
     for p in sorted((killed / "items").glob("part-*.parquet")):
         try:

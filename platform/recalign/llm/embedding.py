@@ -24,8 +24,8 @@ import pyarrow as pa
 
 from recalign.data.dataset import Dataset
 from recalign.data.schema import embedding_schema
-from recalign.llm.engine import EmbeddingEngine, chunked
-from recalign.llm.profiles import mix64, seeded_sample, training_interactions
+from recalign.llm.engine import EmbeddingEngine
+from recalign.llm.profiles import seeded_sample, training_interactions
 from recalign.llm.prompts import sanitize
 from recalign.storage.snapshot import Snapshot, SnapshotStore
 

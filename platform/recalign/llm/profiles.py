@@ -27,7 +27,6 @@ attempt count (so with fresh seeds).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -429,13 +428,14 @@ def generate_profiles(ds: Dataset, llm: Any, store: SnapshotStore, make_runner: 
     summaries: dict[int, str] = {}
 
     def get_writer() -> Any:
+        """The new version's writer, with every reused row queued so far written to it."""
         nonlocal writer
         if writer is None:
             writer = store.begin(ds.name, ARTIFACT)
-            for side, rows in pending:
-                for part in chunked(rows, 100_000):
-                    writer.write_table(side, _table(part))
-            pending.clear()
+        for side, rows in pending:
+            for part in chunked(rows, 100_000):
+                writer.write_table(side, _table(part))
+        pending.clear()
         return writer
 
     def phase(side: str, tasks: list[Task]) -> None:
@@ -543,14 +543,3 @@ def _status_counts(t: pa.Table) -> dict[str, int]:
     vals, counts = np.unique(np.array(t["status"].to_pylist(), dtype=object).astype(str),
                              return_counts=True)
     return {str(v): int(c) for v, c in zip(vals, counts)}
-
-
-def profile_texts(snapshot: Any, side: str) -> pa.Table:
-    """id, key, summarization of the ok rows of a profiles snapshot side."""
-    t = snapshot.read_table(side, columns=["id", "key", "summarization", "status"])
-    t = t.filter(pc.equal(t["status"], "ok"))
-    return t.select(["id", "key", "summarization"])
-
-
-def dumps_messages(messages: list[dict[str, str]]) -> str:
-    return json.dumps(messages, ensure_ascii=False)

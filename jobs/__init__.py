@@ -8,4 +8,6 @@ JOBS = {
     "profiles": "recalign.jobs.profiles",
     "embed": "recalign.jobs.embed",
     "train": "recalign.jobs.train",
+    "export": "recalign.jobs.export",
+    "query": "recalign.jobs.query",
 }

@@ -354,6 +354,32 @@ class OutputConfig(Section):
     keep_versions: int = Field(5, ge=1, description="versions kept per artifact by gc")
 
 
+class ExportConfig(Section):
+    """The retrieval index built by ``recalign export`` and read by ``recalign query``."""
+
+    source_artifact: str = Field("embeddings", description="embedding snapshot artifact to index")
+    artifact: str = Field("index", description="artifact name of the index snapshot")
+    kind: Literal["auto", "flat", "hnsw", "ivf"] = Field(
+        "auto", description="auto: flat (exact) up to flat_max_items, hnsw up to "
+        "ivf_min_items, ivf above")
+    flat_max_items: int = Field(50_000, ge=0, description="auto: exact search up to this many items")
+    ivf_min_items: int = Field(5_000_000, ge=1, description="auto: IVF from this many items "
+                               "(HNSW's graph costs memory per item)")
+    hnsw_m: int = Field(32, ge=4, le=256, description="HNSW neighbours per node")
+    hnsw_ef_construction: int = Field(200, ge=8)
+    hnsw_ef_search: int = Field(256, ge=1, description="must exceed recall_k to reach it")
+    ivf_nlist: int | None = Field(None, ge=1, description="IVF lists; default 4*sqrt(items)")
+    ivf_nprobe: int = Field(32, ge=1)
+    ivf_train_points: int = Field(100_000, ge=1, description="seeded sample k-means trains on")
+    recall_k: int = Field(100, ge=1)
+    min_recall: float = Field(0.95, ge=0.0, le=1.0, description="fail below this ANN recall "
+                              "against exact search")
+    sample_users: int = Field(1000, ge=1, description="user vectors sampled as recall queries")
+    seed: int = 2023
+    threads: int | None = Field(None, ge=1, description="FAISS OpenMP threads (default: all)")
+    exclude_train: bool = Field(True, description="query: drop the user's training items")
+
+
 class Config(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -363,6 +389,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
+    export: ExportConfig = ExportConfig()
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -8,6 +8,7 @@ JOBS = {
     "profiles": "recalign.jobs.profiles",
     "embed": "recalign.jobs.embed",
     "train": "recalign.jobs.train",
+    "nightly": "recalign.jobs.nightly",
     "export": "recalign.jobs.export",
     "query": "recalign.jobs.query",
 }

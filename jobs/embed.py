@@ -43,7 +43,8 @@ def embed_model_label(cfg: Config) -> str:
     return embed_label(e.model, e.model or default_embed_model())
 
 
-def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+def run(cfg: Config, args: argparse.Namespace, *, runner_factory: Any = None) -> dict[str, Any]:
+    """``runner_factory``: a caller-provided embedding runner (the nightly's tests count calls)."""
     store = SnapshotStore(cfg.output.root)
     name = cfg.data.dataset_name()
     e = cfg.embed
@@ -70,6 +71,8 @@ def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     else:
         def make_runner() -> Any:
             return LocalEmbedRunner(lambda: build_embedding_engine(e), e.batch_size)
+    if runner_factory is not None:
+        make_runner = runner_factory
     print(f"embed: {name} source {e.source} -> {artifact}, engine {e.engine} via {e.executor}, "
           f"model {model}", file=sys.stderr)
     with tqdm(desc="embed", unit=" texts", file=sys.stderr,

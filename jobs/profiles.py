@@ -94,7 +94,8 @@ def make_runner_factory(cfg: Config, model_path: str | None) -> Any:
                                batch_size=llm.batch_size)
 
 
-def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+def run(cfg: Config, args: argparse.Namespace, *, runner_factory: Any = None) -> dict[str, Any]:
+    """``runner_factory``: a caller-provided engine runner (the nightly's tests share one engine)."""
     store = SnapshotStore(cfg.output.root)
     name = cfg.data.dataset_name()
     if store.latest_version(name, DATASET) is None:
@@ -108,7 +109,7 @@ def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     with tqdm(desc="profiles", unit=" profiles", file=sys.stderr,
               disable=True if getattr(args, "no_progress", False) else None) as bar:
         summary = generate_profiles(
-            ds, cfg.llm, store, make_runner_factory(cfg, model_path), model=label,
+            ds, cfg.llm, store, runner_factory or make_runner_factory(cfg, model_path), model=label,
             bound=text_bounder(model_path), data_source=cfg.data.source,
             dataset_version=dsnap.version, progress=bar,
             config_hash=config_hash(cfg, sections=("data", "llm")),

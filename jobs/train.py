@@ -116,7 +116,7 @@ def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     from recalign.storage.snapshot import SnapshotStore
     from recalign.storage.uri import join
-    from recalign.train.export import ARTIFACT, ExportTarget
+    from recalign.train.export import ExportTarget
     from recalign.train.loop import CFData
     from recalign.train.runner import RunInputs, check_inputs, model_meta
 
@@ -134,10 +134,25 @@ def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     run_dir = join(runs, name)
     meta = model_meta(cfg, data.n_users, data.n_items)
     check_run_meta(run_dir, meta, exists and cfg.train.resume)
-    version = SnapshotStore(cfg.output.root).begin(dataset, ARTIFACT).version
+    store = SnapshotStore(cfg.output.root)
+    artifact = cfg.train.artifact
+    warm = None
+    if cfg.train.warm_start:
+        from recalign.train.warm_start import previous_embeddings
+
+        prev = previous_embeddings(cfg.output.root, dataset, artifact)
+        if prev is not None:
+            warm = {"root": cfg.output.root, "dataset": dataset, "artifact": artifact,
+                    "version": prev.version}
+            inputs = {**inputs, "warm_start": prev.uri}
+        else:
+            print(f"train: warm start requested but no {artifact} snapshot with layer-0 rows "
+                  f"exists yet: starting fresh", file=sys.stderr)
+    version = store.begin(dataset, artifact).version
     inp = RunInputs(config=cfg.model_dump(mode="json"), data=data,
                     user_keys=ds.user_map.keys, item_keys=ds.item_map.keys, run_dir=run_dir,
-                    export=ExportTarget(cfg.output.root, dataset, version),
+                    export=ExportTarget(cfg.output.root, dataset, version, artifact),
+                    warm_start=warm,
                     manifest={"inputs": inputs, "config_hash": config_hash(
                         cfg, sections=("data", "model", "align", "train", "eval"))})
     print(f"train: {dataset}: {data.n_users} users, {data.n_items} items, "

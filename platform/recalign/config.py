@@ -333,6 +333,11 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(1, ge=0, description="checkpoint after every N-th validation "
                                   "(0: never)")
     max_seconds: float | None = Field(None, gt=0, description="stop training after this long")
+    warm_start: bool = Field(False, description="start ID-table rows of known users/items from "
+                             "the LATEST embedding snapshot's layer-0 rows (matched by key; new "
+                             "ids keep their fresh initialisation)")
+    artifact: str = Field("embeddings", pattern=r"^[a-z][a-z0-9_-]{0,63}$",
+                          description="embedding snapshot artifact the run exports to")
     steps_per_epoch: int | None = Field(None, ge=1, description="cap on batches per epoch "
                                         "(smoke runs and throughput benchmarks)")
 
@@ -380,6 +385,19 @@ class ExportConfig(Section):
     exclude_train: bool = Field(True, description="query: drop the user's training items")
 
 
+class NightlyConfig(Section):
+    """``recalign nightly``: which stages run, and what the train stage adds."""
+
+    stages: list[Literal["ingest", "profiles", "embed", "train", "export"]] = Field(
+        default_factory=lambda: ["ingest", "profiles", "embed", "train", "export"],
+        description="stages of the pipeline (in pipeline order; leave out e.g. profiles "
+        "with embed.source: raw)")
+    warm_start: bool = Field(True, description="train: start known ids from the previous "
+                             "night's rows (train.warm_start)")
+    compare_base: bool = Field(False, description="train: also train the backbone without "
+                               "alignment (artifact <train.artifact>-base), for the report")
+
+
 class Config(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -390,6 +408,7 @@ class Config(Section):
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
     export: ExportConfig = ExportConfig()
+    nightly: NightlyConfig = NightlyConfig()
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

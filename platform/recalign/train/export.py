@@ -22,6 +22,9 @@ from recalign.storage.snapshot import SnapshotStore, SnapshotWriter
 
 ARTIFACT = "embeddings"
 TABLE_OF = {"user": "users", "item": "items"}
+#: layer-0 ID-table rows (the trainable embeddings before propagation), written beside the
+#: final representations so that the next night's run can warm-start from them
+LAYER0_OF = {"user": "users_layer0", "item": "items_layer0"}
 
 
 @dataclass
@@ -49,13 +52,15 @@ def embedding_table(ids: np.ndarray, keys: pa.Array, vectors: torch.Tensor) -> p
 
 
 def write_rows(writer: SnapshotWriter, table: str, start: int, vectors: torch.Tensor,
-               keys: pa.Array, chunk: int = 262_144) -> int:
-    """Rows ``start .. start+len(vectors)`` of ``table`` ("user"/"item"), in parts of ``chunk``."""
+               keys: pa.Array, chunk: int = 262_144, *, layer0: bool = False) -> int:
+    """Rows ``start .. start+len(vectors)`` of ``table`` ("user"/"item"), in parts of ``chunk``
+    (into ``users``/``items``, or ``users_layer0``/``items_layer0`` with ``layer0``)."""
+    name = (LAYER0_OF if layer0 else TABLE_OF)[table]
     n = int(vectors.shape[0])
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
         ids = np.arange(start + s, start + e, dtype=np.int64)
-        writer.write_table(TABLE_OF[table], embedding_table(ids, keys.slice(start + s, e - s),
+        writer.write_table(name, embedding_table(ids, keys.slice(start + s, e - s),
                                                              vectors[s:e]))
     return n
 

@@ -69,6 +69,8 @@ class RunInputs:
     run_dir: str
     export: ExportTarget | None = None
     manifest: dict[str, Any] = field(default_factory=dict)  # inputs, config_hash
+    # {"root", "dataset", "artifact", "version"} of an embedding snapshot with layer-0 rows
+    warm_start: dict[str, str] | None = None
 
 
 @dataclass
@@ -185,6 +187,16 @@ def run_training(inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> dict[st
     # sharded tables then receive, so every world size and kernel starts from the same rows
     cls = get_backbone(cfg.model.backbone)
     model = cls.build(data.train, params, optimizer=dense_spec, **kwargs)
+    warm = None
+    if inp.warm_start is not None:  # before any copy below: every path starts from these rows
+        from recalign.storage.snapshot import SnapshotStore
+        from recalign.train.warm_start import apply_rows, read_warm_rows
+
+        w = inp.warm_start
+        snap = SnapshotStore(w["root"]).open(w["dataset"], w["artifact"], w["version"])
+        warm = read_warm_rows(snap, inp.user_keys, inp.item_keys, int(params["dim"]))
+        u0, i0 = model.tables.weights()
+        apply_rows({"user": u0, "item": i0}, warm)
     if not d.distributed and model.tables.kernel != resolve_kernel(spec, d.device):
         init = model.tables.weights()
         model = cls.build(data.train, params, optimizer=spec, **kwargs)
@@ -193,8 +205,12 @@ def run_training(inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> dict[st
                                    (init[1], init[0])):  # sorted keys: item, user
                 v.copy_(src)
         assert torch.equal(model.tables.weights()[0], init[0])
+    # DaRec's k-means centres: sums and counts all-reduced over the workers (same centres on
+    # every rank); its row sampling is seeded per rank. Other alignments ignore these.
+    dist_kw: dict[str, Any] = ({"reduce_fn": d.all_reduce, "rank": d.rank}
+                               if d.distributed else {})
     align = build_from_config(cfg.align, model, user_map=IdMap(inp.user_keys),
-                              item_map=IdMap(inp.item_keys))
+                              item_map=IdMap(inp.item_keys), **dist_kw)
     proto = get_protocol(ev.protocol)
     select = ev.select_metric or proto.select
     nsampler = None
@@ -447,7 +463,7 @@ def run_training(inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> dict[st
     export_s = None
     if inp.export is not None:
         t4 = time.perf_counter()
-        parts = export_rows(inp, d, dmp, reps, n_users, n_items)
+        parts = export_rows(inp, d, dmp, net, reps, n_users, n_items)
         all_parts = d.gather_objects(parts)
         export_s = time.perf_counter() - t4
         if d.rank == 0:
@@ -474,13 +490,15 @@ def run_training(inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> dict[st
                "workers": d.world, "propagation": t.propagation.mode,
                "resumed_from_epoch": resumed_from, "run_dir": inp.run_dir,
                "pairs_trained": st["pairs"],
+               "warm_start": None if warm is None else {"from": warm.source, **warm.counts},
                "pairs_per_s": round(st["pairs"] / st["train_s"], 1) if st["train_s"] else None,
                "peak_rss_mb": [round(x, 1) for x in rss]}
     write_run_files(inp.run_dir, c, summary)
     return summary
 
 
-def export_rows(inp: RunInputs, d: Dist, dmp: Any, reps: tuple[torch.Tensor, torch.Tensor],
+def export_rows(inp: RunInputs, d: Dist, dmp: Any, net: Any,
+                reps: tuple[torch.Tensor, torch.Tensor],
                 n_users: int, n_items: int) -> dict[str, Any]:
     """Write this rank's owned rows of the final representations; return its parts list."""
     shards: list[tuple[str, int, int, int]] = []
@@ -493,12 +511,38 @@ def export_rows(inp: RunInputs, d: Dist, dmp: Any, reps: tuple[torch.Tensor, tor
     ranges = owned_ranges(shards, {"user": n_users, "item": n_items}, d.rank, d.world,
                           sharded_tables)
     writer = inp.export.writer(d.rank)  # type: ignore[union-attr]
+    layer0 = layer0_tables(dmp, net)
     for table, rs in ranges.items():
         vecs = reps[0] if table == "user" else reps[1]
         keys = inp.user_keys if table == "user" else inp.item_keys
         for lo, hi in rs:
             write_rows(writer, table, lo, vecs[lo:hi], keys)
+            write_rows(writer, table, lo, layer0(table, lo, hi), keys, layer0=True)
     return writer.parts_written()
+
+
+def layer0_tables(dmp: Any, net: Any) -> Callable[[str, int, int], torch.Tensor]:
+    """``rows(table, lo, hi)``: this rank's layer-0 ID-table rows ``lo..hi`` (no communication:
+    a rank exports only rows it owns, i.e. its own shards or a local/replicated table)."""
+    if dmp is None:
+        u, i = net.tables.weights()
+        return lambda table, lo, hi: (u if table == "user" else i)[lo:hi]
+    from recalign.tables.sharding import local_rows
+
+    shards = [(tb, r0, s) for tb, r0, c0, s in local_rows(dmp) if c0 == 0]
+    full = {}
+    for key, value in dmp.state_dict().items():  # replicated (data-parallel) tables
+        for tb in ("user", "item"):
+            if key.endswith(f".{tb}.weight") and not hasattr(value, "local_shards"):
+                full[tb] = value
+
+    def rows(table: str, lo: int, hi: int) -> torch.Tensor:
+        for tb, r0, s in shards:
+            if tb == table and r0 <= lo and hi <= r0 + s.shape[0]:
+                return s[lo - r0:hi - r0]
+        return full[table][lo:hi]
+
+    return rows
 
 
 def write_run_files(run_dir: str, c: dict[str, Any], summary: dict[str, Any]) -> None:

@@ -1,0 +1,245 @@
+"""recalign nightly: ingest -> profiles (items, then users) -> embed -> train -> export.
+
+Each stage reads the LATEST snapshots of its inputs and writes a new version; a stage whose
+inputs and config are unchanged since it last completed is skipped and says so
+(:mod:`recalign.pipeline.stages`). Incremental by construction: profiles regenerate only the
+entities whose prompts changed, embed re-embeds only changed texts, train warm-starts known ids
+from the previous night's rows (``nightly.warm_start``), export builds a new index version.
+``--dry-run`` prints the plan; ``--from STAGE`` / ``--only STAGE``; ``--force`` reruns the
+chosen stages. A failing stage stops the night with a non-zero exit naming the stage; every
+stage before it stays committed, so the rerun starts where it failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from recalign.config import Config, config_hash
+from recalign.errors import RecalignError
+from recalign.jobs.common import standalone
+from recalign.pipeline.stages import (STAGES, Decision, Marker, MarkerStore, decide, now,
+                                      select_stages, stage_key)
+from recalign.storage.snapshot import SnapshotStore
+from recalign.storage.uri import fsspec_filesystem, join
+
+DESCRIPTION = "Run the nightly pipeline: ingest, profiles, embed, train, export (skipping " \
+              "unchanged stages)."
+
+
+class PipelineError(RecalignError):
+    """A stage failed; the message names it."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    parser.add_argument("--from", dest="start", metavar="STAGE", choices=STAGES,
+                        help="start at this stage (earlier ones are not run)")
+    parser.add_argument("--only", metavar="STAGE", choices=STAGES, action="append",
+                        help="run only this stage (repeatable)")
+    parser.add_argument("--force", action="store_true", help="run the chosen stages even if "
+                        "unchanged")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+@dataclass
+class Hooks:
+    """Runner factories a caller may provide (tests share one engine and count its calls)."""
+
+    profiles_runner: Callable[[], Any] | None = None
+    embed_runner: Callable[[], Any] | None = None
+
+
+# ------------------------------------------------------------------------ stage definitions
+
+def embed_artifact(cfg: Config) -> str:
+    return cfg.embed.artifact or ("semantic" if cfg.embed.source == "profiles" else "semantic-raw")
+
+
+def base_artifact(cfg: Config) -> str:
+    return f"{cfg.train.artifact}-base"
+
+
+def outputs_of(stage: str, cfg: Config) -> list[str]:
+    if stage == "train":
+        extra = [base_artifact(cfg)] if cfg.nightly.compare_base and cfg.align.method != "none" \
+            else []
+        return [cfg.train.artifact, *extra]
+    return {"ingest": ["dataset"], "profiles": ["profiles"], "embed": [embed_artifact(cfg)],
+            "export": [cfg.export.artifact]}[stage]
+
+
+def upstream_of(stage: str, cfg: Config) -> list[str]:
+    if stage == "profiles":
+        return ["ingest"]
+    if stage == "embed":
+        return ["profiles"] if cfg.embed.source == "profiles" else ["ingest"]
+    if stage == "train":
+        return ["ingest", *(["embed"] if cfg.align.method != "none" else [])]
+    if stage == "export":
+        return ["train"]
+    return []
+
+
+def source_version(uri: str) -> str | None:
+    """What identifies the content of a semantic-vector source: a snapshot version, or a file's
+    size and modification time."""
+    fs, path = fsspec_filesystem(uri)
+    if path.endswith((".npy", ".parquet")):
+        try:
+            info = fs.info(path)
+        except FileNotFoundError:
+            return None
+        return f"{info.get('size')}:{info.get('mtime') or info.get('LastModified')}"
+    last = path.rstrip("/").rsplit("/", 1)[-1]
+    if last.startswith("v="):
+        return last
+    try:
+        with fs.open(f"{path.rstrip('/')}/LATEST", "r") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
+
+
+def stage_inputs(stage: str, cfg: Config, store: SnapshotStore, name: str) -> dict[str, Any]:
+    """Everything the stage's output depends on (hashed into its key)."""
+    latest = lambda artifact: store.latest_version(name, artifact)  # noqa: E731
+    if stage == "ingest":
+        from recalign.data.ingest import input_fingerprint
+        return {"input": input_fingerprint(cfg.data)}
+    if stage == "profiles":
+        return {"dataset": latest("dataset"), "config": config_hash(cfg, sections=("data", "llm"))}
+    if stage == "embed":
+        src = "profiles" if cfg.embed.source == "profiles" else "dataset"
+        return {src: latest(src), "config": config_hash(cfg, sections=("embed",))}
+    if stage == "train":
+        from recalign.jobs.train import run_hash
+        parts: dict[str, Any] = {"dataset": latest("dataset"), "run": run_hash(cfg),
+                                 "compare_base": cfg.nightly.compare_base,
+                                 "artifact": cfg.train.artifact}
+        if cfg.align.method != "none":
+            parts["semantic"] = {side: source_version(getattr(cfg.align.semantic, side))
+                                 for side in ("users", "items")}
+        return parts
+    return {"embeddings": latest(cfg.export.source_artifact),
+            "config": config_hash(cfg, sections=("export",))}
+
+
+def _job(module: str) -> Any:
+    return importlib.import_module(f"recalign.jobs.{module}")
+
+
+def _default_args(module: Any, **values: Any) -> argparse.Namespace:
+    """The job's own argument defaults (its parser), with ``values`` set."""
+    p = argparse.ArgumentParser()
+    module.add_arguments(p)
+    args = p.parse_args([])
+    for k, v in values.items():
+        setattr(args, k, v)
+    return args
+
+
+def train_config(cfg: Config, base: bool = False) -> Config:
+    """The train stage reads the committed dataset snapshot, not the raw input again."""
+    name = cfg.data.dataset_name()
+    data = {**cfg.data.model_dump(mode="json"), "source": "snapshot",
+            "path": join(cfg.output.root, name, "dataset"), "name": name}
+    tree = cfg.model_dump(mode="json")
+    tree["data"] = data
+    tree["train"]["warm_start"] = cfg.nightly.warm_start
+    if base:
+        tree["align"] = {"method": "none"}
+        tree["train"]["artifact"] = base_artifact(cfg)
+    return Config.model_validate(tree)
+
+
+def run_stage(stage: str, cfg: Config, args: argparse.Namespace, hooks: Hooks
+              ) -> dict[str, Any]:
+    quiet = {"no_progress": True} if getattr(args, "no_progress", False) else {}
+    if stage == "ingest":
+        mod = _job("ingest")
+        return mod.run(cfg, _default_args(mod))
+    if stage == "profiles":
+        mod = _job("profiles")
+        return mod.run(cfg, _default_args(mod, **quiet), runner_factory=hooks.profiles_runner)
+    if stage == "embed":
+        mod = _job("embed")
+        return mod.run(cfg, _default_args(mod, **quiet), runner_factory=hooks.embed_runner)
+    if stage == "train":
+        mod = _job("train")
+        out = {"aligned": mod.run(train_config(cfg), _default_args(mod))}
+        if cfg.nightly.compare_base and cfg.align.method != "none":
+            out["base"] = mod.run(train_config(cfg, base=True), _default_args(mod))
+        return out
+    mod = _job("export")
+    return mod.run(cfg, _default_args(mod))
+
+
+# ------------------------------------------------------------------------ the night
+
+def brief(stage: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """The figures of a stage's summary worth keeping in the night's summary."""
+    if stage == "train":
+        return {k: {"test": v.get("test"), "valid": v.get("valid"), "epochs": v.get("epochs"),
+                    "snapshot": v.get("snapshot"), "run_dir": v.get("run_dir"),
+                    "warm_start": v.get("warm_start"), "seconds": v.get("seconds")}
+                for k, v in summary.items()}
+    keep = ("skipped", "snapshot", "version", "counts", "requests", "ok", "retried", "failed",
+            "prompt_tokens", "completion_tokens", "embedded", "reused", "recall", "kind",
+            "seconds", "reason")
+    return {k: summary[k] for k in keep if k in summary}
+
+
+def run(cfg: Config, args: argparse.Namespace, hooks: Hooks | None = None) -> dict[str, Any]:
+    hooks = hooks or Hooks()
+    t_night = time.perf_counter()
+    store = SnapshotStore(cfg.output.root)
+    name = cfg.data.dataset_name()
+    markers = MarkerStore(cfg.output.root, name)
+    chosen = select_stages(list(cfg.nightly.stages), getattr(args, "start", None),
+                           getattr(args, "only", None))
+    dry = getattr(args, "dry_run", False)
+    force = getattr(args, "force", False)
+    planned_runs: list[str] = []
+    records: list[dict[str, Any]] = []
+    for stage in chosen:
+        ups = [u for u in upstream_of(stage, cfg) if u in planned_runs]
+        key = None if (dry and ups) else stage_key(stage_inputs(stage, cfg, store, name))
+        marker = markers.get(stage)
+        latest = {a: store.latest_version(name, a) for a in (marker.outputs if marker else {})}
+        d: Decision = decide(stage, key, marker, latest, force=force, upstream_ran=ups)
+        if d.action == "run":
+            planned_runs.append(stage)
+        rec: dict[str, Any] = {"stage": stage, "action": d.action, "reason": d.reason}
+        records.append(rec)
+        print(f"nightly: {stage}: {d.action} ({d.reason})", file=sys.stderr)
+        if dry or d.action == "skip":
+            continue
+        t0 = time.perf_counter()
+        try:
+            summary = run_stage(stage, cfg, args, hooks)
+        except Exception as exc:  # any failure: name the stage, keep what earlier stages wrote
+            rec["action"] = "failed"
+            raise PipelineError(f"nightly: stage {stage!r} failed: "
+                                f"{type(exc).__name__}: {exc}") from exc
+        seconds = time.perf_counter() - t0
+        rec.update(seconds=round(seconds, 2), summary=brief(stage, summary))
+        outputs = {a: store.latest_version(name, a) for a in outputs_of(stage, cfg)}
+        markers.put(Marker(stage, d.key or "", {a: v for a, v in outputs.items() if v},
+                           now(), round(seconds, 2), rec["summary"]))
+    return {"job": "nightly", "dataset": name, "dry_run": dry, "stages": records,
+            "ran": [r["stage"] for r in records if r["action"] == "run"],
+            "skipped": [r["stage"] for r in records if r["action"] == "skip"],
+            "seconds": round(time.perf_counter() - t_night, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return standalone(DESCRIPTION, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -47,7 +47,8 @@ from recalign.data.sampler import BPRBatch
 from recalign.models.augment import (MaskedGraphs, autocf_seed_scores, binary_graph,
                                      mask_subgraphs)
 from recalign.models.base import Backbone, Layer0Hook, RecOutput
-from recalign.models.contrastive import l2_sum, log_sum_exp_contrast, pick_rows
+from recalign.models.contrastive import (l2_sum, log_sum_exp_contrast, pick_rows,
+                                         unique_counts)
 from recalign.models.registry import register_backbone, resolve_params
 from recalign.tables.collection import IdTables
 from recalign.tables.optim import TableOptimizerSpec
@@ -94,10 +95,13 @@ class GraphTransformerLayer(nn.Module):
     def forward(self, rows: torch.Tensor, cols: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         n, d = x.shape
         h = self.heads
-        xr, xc = x.index_select(0, rows), x.index_select(0, cols)
-        q = (xr @ self.q).view(-1, h, d // h)
-        k = (xc @ self.k).view(-1, h, d // h)
-        v = (xc @ self.v).view(-1, h, d // h)
+        # project the n nodes, then gather per edge: the same q_r, k_c, v_c as the reference's
+        # gather-then-project (x[rows] @ Wq), with n instead of |E| (~35x more) row products
+        q = (x @ self.q).index_select(0, rows).view(-1, h, d // h)
+        kv = x @ torch.cat([self.k, self.v], 1)
+        kv = kv.index_select(0, cols)
+        k = kv[:, :d].reshape(-1, h, d // h)
+        v = kv[:, d:].reshape(-1, h, d // h)
         att = torch.exp((q * k).sum(-1).clamp(-10.0, 10.0))            # [E, h]
         norm = x.new_zeros((n, h)).index_add_(0, rows, att).index_select(0, rows)
         att = att / (norm + 1e-8)
@@ -181,10 +185,14 @@ class AutoCF(Backbone):
         users_all, items_all = final[: self.n_users], final[self.n_users:]
         u, p, n = pick_rows(users_all, items_all, batch.users, batch.pos, batch.neg)
         rec = -(u * p).sum(-1).mean()
-        uu, pp = torch.unique(batch.users), torch.unique(batch.pos)
-        ssl = (log_sum_exp_contrast(users_all.index_select(0, uu), users_all)
+        # distinct users once, weighted by their multiplicity for the (non-deduplicated)
+        # user-item term: the same mean over the batch's rows, ~17% fewer rows
+        uu, uc = unique_counts(batch.users)
+        pp = torch.unique(batch.pos)
+        ue = users_all.index_select(0, uu)
+        ssl = (log_sum_exp_contrast(ue, users_all)
                + log_sum_exp_contrast(items_all.index_select(0, pp), items_all))
-        cl = self.params.ssl_reg * ssl + log_sum_exp_contrast(u, items_all)
+        cl = self.params.ssl_reg * ssl + log_sum_exp_contrast(ue, items_all, uc)
         reg = self.params.reg_weight * l2_sum([u0, i0, *(w for gt in self.gt
                                                           for w in (gt.q, gt.k, gt.v))])
         loss = rec + reg + cl

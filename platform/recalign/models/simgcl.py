@@ -19,35 +19,22 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from recalign.data.graph import propagate
 from recalign.models.augment import uniform_noise
 from recalign.models.registry import register_backbone
-from recalign.models.sgl import SGL
+from recalign.models.sgl import SGL, GraphCLParams, graph_cl_presets
 
 
-class SimGCLParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dim: int = Field(32, ge=1)
-    layers: int = Field(3, ge=0)
-    reg_weight: float = Field(1e-5, ge=0)
-    cl_weight: float = Field(0.1, ge=0)
-    temperature: float = Field(0.2, gt=0)
+class SimGCLParams(GraphCLParams):
     eps: float = Field(0.9, ge=0, description="L2 norm of each noise row")
 
 
 #: HKUDS/RLMRec simgcl.yml; REFERENCE.md "Other backbones" (SimGCL base row)
-PRESETS: dict[str, dict[str, object]] = {
-    "rlmrec-amazon-book": {"dim": 32, "layers": 3, "reg_weight": 1e-5, "cl_weight": 0.1,
-                           "temperature": 0.2, "eps": 0.9},
-    "rlmrec-yelp": {"dim": 32, "layers": 3, "reg_weight": 1e-5, "cl_weight": 0.1,
-                    "temperature": 0.2, "eps": 0.9},
-    "rlmrec-steam": {"dim": 32, "layers": 3, "reg_weight": 1e-5, "cl_weight": 0.1,
-                     "temperature": 0.5, "eps": 0.2},
-}
+PRESETS: dict[str, dict[str, object]] = graph_cl_presets(
+    {"temperature": 0.2, "eps": 0.9}, {"temperature": 0.2, "eps": 0.9},
+    {"temperature": 0.5, "eps": 0.2},
+    layers=3, reg_weight=1e-5, cl_weight=0.1)
 
 
 @register_backbone("simgcl")
@@ -56,8 +43,6 @@ class SimGCL(SGL):
     PRESETS: ClassVar[dict[str, dict[str, object]]] = PRESETS
     cl_on_negatives: ClassVar[bool] = False
 
-    def _view(self, ego: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _augmentation(self) -> dict:
         eps = self.params.eps
-        layers = propagate(self.graph, ego, self.params.layers,
-                           after_layer=lambda h: h + uniform_noise(h, eps))
-        return self._split(torch.stack(layers).sum(0))
+        return {"after_layer": lambda h: h + uniform_noise(h, eps)}

@@ -188,6 +188,13 @@ def test_ann_reaches_recall_and_records_it(tmp_path: Path, big: dict, kind: str)
         info["recall"], abs=1e-6)
     ids = loaded.items["id"].to_pylist()
     assert ids == list(range(4000)) and loaded.items["key"].to_pylist() == big["item_keys"]
+    # scores are inner products for every kind (HNSW searches L2 on augmented vectors)
+    rows = top_items(loaded, big["users"][7], 20)
+    got = np.array([r["score"] for r in rows])
+    want = big["items"][[int(r["key"][1:]) for r in rows]] @ big["users"][7]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    assert np.all(np.diff(got) <= 1e-5)
+    assert (info["mips_norm_sq"] is not None) == (kind == "hnsw")
 
 
 def test_too_low_recall_fails_and_writes_nothing(tmp_path: Path, big: dict, capsys) -> None:

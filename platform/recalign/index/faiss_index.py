@@ -5,13 +5,21 @@ Three kinds: ``flat`` (exact ``IndexFlatIP``), ``hnsw`` (``IndexHNSWFlat``) and 
 ``IndexIDMap`` carries them for flat/HNSW; IVF stores ids natively), so a search result never
 depends on the order in which rows were read. Indexes travel as ``faiss.serialize_index``
 bytes: no pickle is involved in writing or reading them.
+
+HNSW does not search inner products directly: a graph built on a similarity that is not a
+metric finds poor neighbours when item norms vary (recall@100 0.78 on the clustered benchmark
+vectors). It is built on the standard reduction of maximum inner product to nearest neighbour
+instead: every item gets one extra coordinate ``sqrt(M - |x|^2)`` (``M`` the largest squared
+norm) and queries a zero there, so ``|q - x'|^2 = |q|^2 + M - 2 q.x`` and the L2 order is the
+inner-product order (recall@100 0.998 with the same parameters). :class:`AnnIndex` hides this:
+its ``search`` takes plain queries and returns inner-product scores for every kind.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import faiss
@@ -28,14 +36,55 @@ class RecallTooLow(RecalignError):
 
 
 @dataclass
-class BuiltIndex:
+class AnnIndex:
+    """A FAISS index plus what searching it needs (kind, parameters, the MIPS->L2 constant)."""
+
     index: faiss.Index
     kind: str
     params: dict[str, Any]
-    build_seconds: float
-    n: int
-    d: int
-    extra: dict[str, Any] = field(default_factory=dict)
+    mips_norm_sq: float | None = None  # HNSW: the constant M of the reduction (module doc)
+    build_seconds: float = 0.0
+
+    @property
+    def n(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def d(self) -> int:
+        return int(self.index.d) - (1 if self.mips_norm_sq is not None else 0)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(inner-product scores, ids), each [q, k]; ids are -1 where fewer than k exist."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        if self.mips_norm_sq is None:
+            return self.index.search(q, k)
+        qa = np.hstack([q, np.zeros((len(q), 1), np.float32)])
+        dist, ids = self.index.search(qa, k)
+        scores = 0.5 * ((q.astype(np.float64) ** 2).sum(1)[:, None] + self.mips_norm_sq - dist)
+        return np.where(ids >= 0, scores, -np.inf).astype(np.float32), ids
+
+    def meta(self) -> dict[str, Any]:
+        """What :meth:`from_bytes` needs besides the bytes (goes into the manifest)."""
+        return {"kind": self.kind, "params": self.params, "mips_norm_sq": self.mips_norm_sq}
+
+    def to_bytes(self) -> bytes:
+        return faiss.serialize_index(self.index).tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, meta: dict[str, Any]) -> "AnnIndex":
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        ann = cls(index, meta["kind"], dict(meta["params"]), meta.get("mips_norm_sq"))
+        ann.apply_search_params()
+        return ann
+
+    def apply_search_params(self) -> None:
+        """Set the search-time knobs from ``params`` (not relying on what serialisation kept)."""
+        if self.kind == "hnsw":
+            faiss.downcast_index(self.index.index).hnsw.efSearch = int(self.params["efSearch"])
+        elif self.kind == "ivf":
+            faiss.extract_index_ivf(self.index).nprobe = int(self.params["nprobe"])
 
 
 def choose_kind(cfg: ExportConfig, n_items: int) -> str:
@@ -62,7 +111,7 @@ def index_params(cfg: ExportConfig, kind: str, n_items: int) -> dict[str, Any]:
 
 
 def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str, params: dict[str, Any],
-                seed: int = 0) -> BuiltIndex:
+                seed: int = 0) -> AnnIndex:
     """An inner-product index over ``vectors`` [n, d] float32 whose search returns ``ids``."""
     if kind not in KINDS:
         raise ValueError(f"unknown index kind {kind!r} (expected one of {KINDS})")
@@ -70,43 +119,28 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str, params: dict[st
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     n, d = x.shape
     t0 = time.perf_counter()
+    norm_sq = None
     if kind == "flat":
         index = faiss.IndexIDMap(faiss.IndexFlatIP(d))
         index.add_with_ids(x, ids)
     elif kind == "hnsw":
-        inner = faiss.IndexHNSWFlat(d, int(params["M"]), faiss.METRIC_INNER_PRODUCT)
+        sq = (x.astype(np.float64) ** 2).sum(1)
+        norm_sq = float(sq.max())
+        extra = np.sqrt(np.maximum(norm_sq - sq, 0.0)).astype(np.float32)[:, None]
+        inner = faiss.IndexHNSWFlat(d + 1, int(params["M"]), faiss.METRIC_L2)
         inner.hnsw.efConstruction = int(params["efConstruction"])
-        inner.hnsw.efSearch = int(params["efSearch"])
         index = faiss.IndexIDMap(inner)
-        index.add_with_ids(x, ids)
+        index.add_with_ids(np.hstack([x, extra]), ids)
     else:
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, int(params["nlist"]), faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
-        rng = np.random.default_rng(seed)
-        sample = x if params["train_points"] >= n else \
-            x[np.sort(rng.choice(n, int(params["train_points"]), replace=False))]
-        index.train(sample)
-        index.nprobe = int(params["nprobe"])
+        train = x if params["train_points"] >= n else x[sample_rows(n, params["train_points"], seed)]
+        index.train(train)
         index.add_with_ids(x, ids)
-    return BuiltIndex(index, kind, dict(params), time.perf_counter() - t0, n, d)
-
-
-def apply_search_params(index: faiss.Index, kind: str, params: dict[str, Any]) -> None:
-    """Set the search-time knobs from the manifest (not relying on what serialisation kept)."""
-    if kind == "hnsw":
-        inner = faiss.downcast_index(index.index)
-        inner.hnsw.efSearch = int(params["efSearch"])
-    elif kind == "ivf":
-        faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
-
-
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, ids), each [q, k]; ids are -1 where fewer than k results exist."""
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    if q.ndim == 1:
-        q = q[None, :]
-    return index.search(q, k)
+    ann = AnnIndex(index, kind, dict(params), norm_sq, time.perf_counter() - t0)
+    ann.apply_search_params()
+    return ann
 
 
 def exact_top_k(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray,
@@ -127,12 +161,12 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return hits / (k * len(truth)) if len(truth) else 1.0
 
 
-def measure_recall(built: BuiltIndex, vectors: np.ndarray, ids: np.ndarray,
+def measure_recall(built: AnnIndex, vectors: np.ndarray, ids: np.ndarray,
                    queries: np.ndarray, k: int) -> float:
     """ANN recall@k of ``built`` against exact search, on ``queries``."""
     k = min(k, built.n)
     truth = exact_top_k(vectors, ids, queries, k)
-    _, found = search(built.index, queries, k)
+    _, found = built.search(queries, k)
     return recall_at_k(found, truth)
 
 
@@ -141,14 +175,6 @@ def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
     if size >= n:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
-
-
-def to_bytes(index: faiss.Index) -> bytes:
-    return faiss.serialize_index(index).tobytes()
-
-
-def from_bytes(data: bytes) -> faiss.Index:
-    return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
 
 
 def set_threads(threads: int | None) -> None:

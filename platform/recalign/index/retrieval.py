@@ -21,9 +21,8 @@ import pyarrow.compute as pc
 from recalign.config import ExportConfig
 from recalign.data.snapshot_io import ARTIFACT as DATASET
 from recalign.errors import ConfigError, DataError, SnapshotError
-from recalign.index.faiss_index import (RecallTooLow, apply_search_params, build_index,
-                                        choose_kind, from_bytes, index_params, measure_recall,
-                                        sample_rows, search, set_threads, to_bytes)
+from recalign.index.faiss_index import (AnnIndex, RecallTooLow, build_index, choose_kind,
+                                        index_params, measure_recall, sample_rows, set_threads)
 from recalign.storage.snapshot import Snapshot, SnapshotStore
 
 INDEX_FILE = "index.faiss"
@@ -123,7 +122,7 @@ def export_index(cfg: ExportConfig, store: SnapshotStore, dataset: str, *,
             f"{kind} index over {emb.uri}: recall@{k} {recall:.4f} on {n_queries} "
             f"{query_table} queries is below export.min_recall {cfg.min_recall} "
             f"(params {params}); raise efSearch/nprobe, or use kind: flat")
-    data = to_bytes(built.index)
+    data = built.to_bytes()
     dversion = emb.manifest.get("inputs", {}).get("dataset_version")
     dsnap = _dataset_snapshot(store, dataset, dversion)
     cols = {"id": pa.array(ids, pa.int64()), "key": keys}
@@ -133,7 +132,7 @@ def export_index(cfg: ExportConfig, store: SnapshotStore, dataset: str, *,
     writer = store.begin(dataset, cfg.artifact)
     writer.write_bytes(INDEX_FILE, data)
     writer.write_table("items", pa.table(cols))
-    info = {"kind": kind, "params": params, "metric": "inner_product", "n": built.n,
+    info = {**built.meta(), "metric": "inner_product", "n": built.n,
             "d": built.d, "recall_k": k, "recall": round(recall, 6), "recall_queries": n_queries,
             "recall_query_table": query_table, "min_recall": cfg.min_recall,
             "build_seconds": round(built.build_seconds, 3), "file": INDEX_FILE,
@@ -154,7 +153,7 @@ def export_index(cfg: ExportConfig, store: SnapshotStore, dataset: str, *,
 @dataclass
 class LoadedIndex:
     snapshot: Snapshot
-    index: Any  # faiss.Index
+    index: AnnIndex
     items: pa.Table  # id, key[, title]
 
     @property
@@ -176,9 +175,7 @@ def load_index(store: SnapshotStore, dataset: str, artifact: str = "index") -> L
         data = f.read()
     if hashlib.sha256(data).hexdigest() != info["sha256"]:
         raise SnapshotError(f"{snap.uri}/{info['file']}: content does not match the manifest")
-    index = from_bytes(data)
-    apply_search_params(index, info["kind"], info["params"])
-    return LoadedIndex(snap, index, snap.read_table("items"))
+    return LoadedIndex(snap, AnnIndex.from_bytes(data, info), snap.read_table("items"))
 
 
 def user_vector(store: SnapshotStore, dataset: str, loaded: LoadedIndex,
@@ -227,7 +224,7 @@ def top_items(loaded: LoadedIndex, vector: np.ndarray, k: int,
     """The ``k`` best items for ``vector``: rank, id, key, title (when known), score."""
     exclude = np.asarray(exclude if exclude is not None else [], dtype=np.int64)
     want = min(k + len(exclude), loaded.info["n"])
-    scores, ids = search(loaded.index, vector, want)
+    scores, ids = loaded.index.search(vector, want)
     keep = (ids[0] >= 0) & ~np.isin(ids[0], exclude)
     scores, ids = scores[0][keep][:k], ids[0][keep][:k]
     pos = pc.index_in(pa.array(ids, pa.int64()), value_set=loaded.items["id"].combine_chunks())

@@ -9,6 +9,7 @@ JOBS = {
     "embed": "recalign.jobs.embed",
     "train": "recalign.jobs.train",
     "nightly": "recalign.jobs.nightly",
+    "demo": "recalign.jobs.demo",
     "export": "recalign.jobs.export",
     "query": "recalign.jobs.query",
 }

@@ -1,0 +1,238 @@
+"""The nightly pipeline: the plan, skipping, --from/--only, failures named by stage, and two
+"nights" on a grown data set with the real SmolLM2 (vLLM) and MiniLM engines, counting the LLM
+and embedding calls each night makes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import yaml
+
+from llm_fixtures import SMALL, SharedEngine, model_cache, write_text_dataset
+from recalign.config import Config, EmbedConfig
+from recalign.data.snapshot_io import read_dataset
+from recalign.jobs import nightly
+from recalign.llm.embedding import LocalEmbedRunner
+from recalign.llm.engine import build_embedding_engine
+from recalign.llm.profiles import LocalRunner
+from recalign.pipeline.stages import MarkerStore, select_stages
+from recalign.storage.snapshot import SnapshotStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def args(**kw: Any) -> argparse.Namespace:
+    base = {"dry_run": False, "start": None, "only": None, "force": False, "no_progress": True}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def raw_config(root: Path, **over: Any) -> dict[str, Any]:
+    """No LLM: raw-text vectors; ~30 s per full night here."""
+    sem = str(root / "tiny" / "semantic-raw")
+    tree = {
+        "data": {"source": "synthetic", "name": "tiny",
+                 "synthetic": {"users": 300, "items": 200, "interactions": 5000, "topics": 4,
+                               "seed": 3},
+                 "split": {"method": "random", "ratios": [0.6, 0.2, 0.2], "seed": 1}},
+        "embed": {"source": "raw", "executor": "local"},
+        "model": {"backbone": "lightgcn", "params": {"dim": 16, "layers": 2}},
+        "align": {"method": "rlmrec-con", "semantic": {"users": sem, "items": sem}},
+        "train": {"max_epochs": 6, "eval_every": 3},
+        "nightly": {"stages": ["ingest", "embed", "train", "export"]},
+        "output": {"root": str(root)},
+    }
+    for k, v in over.items():
+        tree[k] = {**tree.get(k, {}), **v}
+    return tree
+
+
+class CountingEmbed:
+    """The real MiniLM engine, shared across runs (close() is the test's business)."""
+
+    def __init__(self) -> None:
+        self.engine = build_embedding_engine(EmbedConfig(executor="local"))
+
+    def factory(self) -> LocalEmbedRunner:
+        return LocalEmbedRunner(lambda: SharedEngine(self.engine), 64)
+
+    @property
+    def texts(self) -> int:
+        return self.engine.texts_embedded
+
+
+def test_select_stages_orders_and_validates() -> None:
+    all_ = ["ingest", "profiles", "embed", "train", "export"]
+    assert select_stages(all_, "embed") == ["embed", "train", "export"]
+    assert select_stages(all_, None, ["export", "ingest"]) == ["ingest", "export"]
+    assert select_stages(["ingest", "train"], "embed") == []
+    with pytest.raises(Exception, match="unknown stage 'trian'"):
+        select_stages(all_, "trian")
+
+
+def test_plan_skip_and_stage_selection(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    cfg = Config.model_validate(raw_config(root))
+    embed = CountingEmbed()
+    hooks = nightly.Hooks(embed_runner=embed.factory)
+    store = SnapshotStore(str(root))
+
+    plan = nightly.run(cfg, args(dry_run=True), hooks)
+    assert [(r["stage"], r["action"]) for r in plan["stages"]] == [
+        ("ingest", "run"), ("embed", "run"), ("train", "run"), ("export", "run")]
+    assert "ingest" in plan["stages"][2]["reason"] and "embed" in plan["stages"][2]["reason"]
+    assert not (root / "tiny").exists()  # a dry run writes nothing
+
+    first = nightly.run(cfg, args(), hooks)
+    assert first["ran"] == ["ingest", "embed", "train", "export"]
+    assert embed.texts == 500  # 300 users + 200 items, each once
+    latest = {a: store.latest_version("tiny", a)
+              for a in ("dataset", "semantic-raw", "embeddings", "index")}
+    assert all(latest.values()), latest
+    m = MarkerStore(str(root), "tiny").get("train")
+    assert m is not None and m.outputs == {"embeddings": latest["embeddings"]}
+
+    # unchanged: everything skipped, nothing embedded, no new version anywhere
+    second = nightly.run(cfg, args(), hooks)
+    assert second["ran"] == [] and second["skipped"] == ["ingest", "embed", "train", "export"]
+    assert embed.texts == 500
+    assert {a: store.latest_version("tiny", a) for a in latest} == latest
+    plan = nightly.run(cfg, args(dry_run=True), hooks)
+    assert {r["action"] for r in plan["stages"]} == {"skip"}
+
+    # a train-config change reruns train, and export because its input moved
+    cfg2 = Config.model_validate(raw_config(root, train={"max_epochs": 3}))
+    plan = nightly.run(cfg2, args(dry_run=True), hooks)
+    assert [r["action"] for r in plan["stages"]] == ["skip", "skip", "run", "run"]
+    third = nightly.run(cfg2, args(only=["train"]), hooks)
+    assert third["ran"] == ["train"] and [r["stage"] for r in third["stages"]] == ["train"]
+    tr = third["stages"][0]["summary"]["aligned"]
+    assert tr["epochs"] == 3
+    # warm start from the night before: every user and item row is reused, nothing new
+    assert tr["warm_start"]["user"] == {"reused": 300, "new": 0, "dropped": 0}
+    assert tr["warm_start"]["item"] == {"reused": 200, "new": 0, "dropped": 0}
+    assert store.latest_version("tiny", "embeddings") != latest["embeddings"]
+    plan = nightly.run(cfg2, args(dry_run=True), hooks)
+    assert [r["action"] for r in plan["stages"]] == ["skip", "skip", "skip", "run"]
+    assert "export" in nightly.run(cfg2, args(start="train"), hooks)["ran"]
+    assert store.latest_version("tiny", "index") != latest["index"]
+
+    # someone moved LATEST by hand: the stage that wrote it no longer trusts its marker
+    forced = nightly.run(cfg2, args(only=["export"], force=True), hooks)
+    assert forced["ran"] == ["export"] and forced["stages"][0]["reason"] == "forced (--force)"
+
+
+def test_failing_stage_is_named_and_exits_nonzero(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    tree = raw_config(root)
+    tree["align"]["semantic"] = {"users": str(root / "tiny" / "nowhere"),
+                                 "items": str(root / "tiny" / "nowhere")}
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(tree))
+    out = subprocess.run([sys.executable, "-m", "recalign.jobs.nightly", "--config",
+                          str(cfg_file), "--no-progress"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode != 0
+    assert "stage 'train' failed" in out.stderr and "nowhere" in out.stderr
+    store = SnapshotStore(str(root))
+    # the stages before it are committed; train wrote no visible version; the rerun (fixed
+    # config) starts at train
+    assert store.latest_version("tiny", "dataset") and store.latest_version("tiny", "semantic-raw")
+    assert store.latest_version("tiny", "embeddings") is None
+    fixed = Config.model_validate(raw_config(root))
+    again = nightly.run(fixed, args(), nightly.Hooks(embed_runner=CountingEmbed().factory))
+    assert again["ran"] == ["train", "export"] and again["skipped"] == ["ingest", "embed"]
+
+
+# --- two nights with the real LLM ----------------------------------------------------------
+
+def llm_config(src: Path, root: Path) -> Config:
+    sem = str(root / "texty" / "semantic")
+    return Config.model_validate({
+        "data": {"source": "parquet", "path": str(src), "name": "texty",
+                 "split": {"method": "given"}},
+        "llm": {**SMALL, "cache_dir": model_cache(), "engine": "vllm", "max_attempts": 4},
+        "embed": {"executor": "local"},
+        "model": {"backbone": "lightgcn", "params": {"dim": 8, "layers": 1}},
+        "align": {"method": "rlmrec-con", "semantic": {"users": sem, "items": sem}},
+        "train": {"max_epochs": 3, "eval_every": 1},
+        "output": {"root": str(root)},
+    })
+
+
+def profile_rows(root: Path, side: str) -> dict[str, dict]:
+    snap = SnapshotStore(str(root)).open("texty", "profiles")
+    return {r["key"]: r for r in snap.read_table(side).to_pylist()}
+
+
+@pytest.mark.slow
+def test_two_nights_on_grown_data_count_llm_and_embedding_calls(tmp_path: Path, vllm_engine,
+                                                                model_dir: str) -> None:
+    src, root = tmp_path / "src", tmp_path / "root"
+    write_text_dataset(src, n_items=20, n_users=6)
+    cfg = llm_config(src, root)
+    llm = SharedEngine(vllm_engine)
+    hooks = nightly.Hooks(
+        profiles_runner=lambda: LocalRunner(lambda: llm, max_attempts=4, batch_size=16,
+                                            close_engine=False),
+        embed_runner=(embed := CountingEmbed()).factory)
+    store = SnapshotStore(str(root))
+
+    calls0 = vllm_engine.requests_made
+    night1 = nightly.run(cfg, args(), hooks)
+    assert night1["ran"] == ["ingest", "profiles", "embed", "train", "export"]
+    prof1 = night1["stages"][1]["summary"]
+    assert prof1["requests"] == vllm_engine.requests_made - calls0 >= 26
+    items1, users1 = profile_rows(root, "items"), profile_rows(root, "users")
+    ok1 = sum(r["status"] == "ok" for r in [*items1.values(), *users1.values()])
+    assert embed.texts == ok1  # every ok profile embedded once
+    v1 = {a: store.latest_version("texty", a) for a in ("profiles", "semantic", "embeddings",
+                                                         "index")}
+
+    # night 2: two new users arrive and 2 of the 20 items (10 %) get new titles
+    write_text_dataset(src, n_items=20, n_users=8, titles={3: "Moonlit Fern Atlas",
+                                                           11: "The Quiet Orchard"})
+    calls1, texts1 = vllm_engine.requests_made, embed.texts
+    night2 = nightly.run(cfg, args(), hooks)
+    assert night2["ran"] == ["ingest", "profiles", "embed", "train", "export"]
+    ds = read_dataset(store.open("texty", "dataset"))
+    changed = {int(ds.item_map.lookup(pa.array([k]))[0]) for k in ("i3", "i11")}
+    t = ds.interactions.to_pandas()
+    train = t[t.split == 0]
+    touched = set(ds.user_map.key_of(np.unique(
+        train[train.item.isin(changed)].user.to_numpy())).to_pylist())
+    expected_users = touched | {"u6", "u7"}
+    items2, users2 = profile_rows(root, "items"), profile_rows(root, "users")
+    new = store.latest_version("texty", "profiles")
+    assert {k for k, r in items2.items() if r["generated_in"] == new} == {"i3", "i11"}
+    assert {k for k, r in users2.items() if r["generated_in"] == new} == expected_users
+    prof2 = night2["stages"][1]["summary"]
+    assert prof2["requests"] == vllm_engine.requests_made - calls1
+    assert prof2["ok"] + prof2["failed"] == 2 + len(expected_users) < 26
+    # only texts that changed are embedded again
+    changed_texts = sum(1 for side1, side2 in ((items1, items2), (users1, users2))
+                        for k, r in side2.items() if r["status"] == "ok"
+                        and (k not in side1 or side1[k]["summarization"] != r["summarization"]))
+    assert embed.texts - texts1 == changed_texts
+    # train warm-started every known id; the new users were appended
+    ws = night2["stages"][3]["summary"]["aligned"]["warm_start"]
+    assert ws["user"] == {"reused": 6, "new": 2, "dropped": 0}
+    assert ws["item"] == {"reused": 20, "new": 0, "dropped": 0}
+    v2 = {a: store.latest_version("texty", a) for a in v1}
+    assert all(v2[a] != v1[a] for a in v1)
+    idx = store.open("texty", "index")
+    assert v2["embeddings"] in json.dumps(idx.manifest)  # the index was built from tonight's
+
+    # night 3, nothing new: no LLM call, no embedding, nothing rewritten
+    calls2, texts2 = vllm_engine.requests_made, embed.texts
+    night3 = nightly.run(cfg, args(), hooks)
+    assert night3["ran"] == []
+    assert vllm_engine.requests_made == calls2 and embed.texts == texts2
+    assert {a: store.latest_version("texty", a) for a in v1} == v2

@@ -46,7 +46,14 @@ SUBMIT = REPO / "infra" / "submit.sh"
 CONFIG = "infra/configs/demo.yaml"
 SYNTH = {"users": 200, "items": 60, "interactions": 3000, "topics": 4}
 DATASET = f"synthetic-u{SYNTH['users']}-i{SYNTH['items']}-n{SYNTH['interactions']}-s7"
-JOB = "ingest"  # switches to "nightly" once recalign.jobs.nightly exists
+JOB = "nightly"
+# the LLM-free night (raw-text MiniLM embeddings, 2 epochs): every stage but profiles, each
+# writing its own snapshot; the LLM stage has its own tests (tests/test_llm_*.py)
+STAGES = ["ingest", "embed", "train", "export"]
+NIGHT = [f"nightly.stages=[{','.join(STAGES)}]", "embed.source=raw", "train.max_epochs=2",
+         "train.eval_every=1"]
+ARTIFACTS = {"ingest": "dataset", "embed": "semantic-raw", "train": "embeddings",
+             "export": "index"}
 
 
 def _free_port() -> int:
@@ -123,7 +130,7 @@ def _submit(head, out_root: Path, runtime_env: Path, **extra_env) -> subprocess.
     env = {**head["env"], "RAY_ADDRESS": head["address"], "RAY": RAY,
            "RECALIGN_JOB": JOB, "RECALIGN_RUNTIME_ENV": str(runtime_env), **extra_env}
     args = [f"--set=data.synthetic.{k}={v}" for k, v in SYNTH.items()]
-    args.append(f"--set=output.root={out_root}")
+    args += [f"--set={kv}" for kv in NIGHT] + [f"--set=output.root={out_root}"]
     return subprocess.run(["nice", "bash", str(SUBMIT), CONFIG, "--", *args], env=env,
                           cwd=tempfile.gettempdir(), capture_output=True, text=True, timeout=900)
 
@@ -165,22 +172,32 @@ def test_submit_runs_job_then_rejects_same_day_resubmission(ray_head, job_env, t
     assert info.runtime_env["working_dir"].startswith("gcs://_ray_pkg_")  # the uploaded repo
     assert info.runtime_env["env_vars"]["HF_HUB_OFFLINE"] == "1"
 
-    # the job's last stdout line is its JSON summary; it names what LATEST now points at
+    # the job's last stdout line is its JSON summary; it names what each LATEST now points at
     logs = client.get_job_logs(sub_id)
     summary = json.loads([ln for ln in logs.splitlines() if ln.startswith("{")][-1])
+    assert summary["job"] == "nightly" and summary["ran"] == STAGES and summary["skipped"] == []
+    by_stage = {st["stage"]: st for st in summary["stages"]}
     store = SnapshotStore(str(out_root))
-    latest = store.latest_version(DATASET, "dataset")
-    assert latest is not None and latest.startswith("v=")
-    assert summary["version"] == latest
-    assert (out_root / DATASET / "dataset" / "LATEST").read_text().strip() == latest
+    versions = {}
+    for stage, artifact in ARTIFACTS.items():
+        latest = store.latest_version(DATASET, artifact)
+        assert latest is not None and latest.startswith("v="), artifact
+        pointer = out_root / DATASET / artifact / "LATEST"
+        assert pointer.read_text().strip() == latest
+        assert (out_root / DATASET / artifact / latest / "_SUCCESS").exists()
+        versions[artifact] = [v.version for v in store.list_versions(DATASET, artifact)]
+        if stage != "train":  # train's summary nests its snapshots per model
+            assert by_stage[stage]["summary"]["version"] == latest, stage
     snap = store.open(DATASET, "dataset")
-    assert (Path(snap.uri) / "_SUCCESS").exists()
     assert snap.rows("interactions") == SYNTH["interactions"]
     assert snap.rows("user_map") == SYNTH["users"]
     assert snap.rows("item_map") == SYNTH["items"]
-    counts = summary["counts"]
-    assert counts["train"] + counts["valid"] + counts["test"] == SYNTH["interactions"]
-    versions = [v.version for v in store.list_versions(DATASET, "dataset")]
+    semantic = store.open(DATASET, "semantic-raw")
+    assert semantic.rows("items") == SYNTH["items"] and semantic.rows("users") == SYNTH["users"]
+    emb = store.open(DATASET, "embeddings")
+    assert emb.rows("items") == SYNTH["items"] and emb.rows("users") == SYNTH["users"]
+    assert by_stage["train"]["summary"]["aligned"]["snapshot"] == emb.uri
+    latest = store.latest_version(DATASET, "index")
     print(f"\nfirst submission {sub_id}: {took:.1f} s, snapshot {latest}")
 
     # same day, same submission id: Ray refuses it, the pipeline does not run twice
@@ -188,8 +205,9 @@ def test_submit_runs_job_then_rejects_same_day_resubmission(ray_head, job_env, t
     assert second.returncode != 0
     assert f"Job with submission_id {sub_id} already exists" in second.stdout + second.stderr
     assert [j.submission_id for j in client.list_jobs()] == [sub_id]
-    assert [v.version for v in store.list_versions(DATASET, "dataset")] == versions
-    assert store.latest_version(DATASET, "dataset") == latest
+    for artifact in ARTIFACTS.values():
+        assert [v.version for v in store.list_versions(DATASET, artifact)] == versions[artifact]
+    assert store.latest_version(DATASET, "index") == latest
 
 
 def test_submit_usage_errors_exit_2(tmp_path):

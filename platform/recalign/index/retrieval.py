@@ -119,8 +119,8 @@ def export_index(cfg: ExportConfig, store: SnapshotStore, dataset: str, *,
     if recall < cfg.min_recall:
         # checked before anything is written: a failed export leaves no version folder
         raise RecallTooLow(
-            f"{kind} index over {emb.uri}: recall@{k} {recall:.4f} on {n_queries} "
-            f"{query_table} queries is below export.min_recall {cfg.min_recall} "
+            f"{kind} index over {emb.uri}: recall@{k} {recall:.4f} on {n_queries} query "
+            f"vectors from {query_table} is below export.min_recall {cfg.min_recall} "
             f"(params {params}); raise efSearch/nprobe, or use kind: flat")
     data = built.to_bytes()
     dversion = emb.manifest.get("inputs", {}).get("dataset_version")

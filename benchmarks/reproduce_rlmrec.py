@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/reproduce_rlmrec.py                         # 6 backbones x 3 seeds
     .venv/bin/python benchmarks/reproduce_rlmrec.py --backbones sgl --seeds 2023 --max-epochs 60
+    .venv/bin/python benchmarks/reproduce_rlmrec.py --timing-only --epochs 3   # epoch times only
 
 Single process, 1 torch thread by default (the machine is shared). Each run:
 ``run_cf(data, backbone, preset="rlmrec-amazon-book")`` — Adam 1e-3, batch 4096, validate every
@@ -12,6 +13,11 @@ separate invocations; the table printed (and written to ``reproduce_rlmrec.md``)
 run recorded there: mean test Recall@20 / NDCG@20 over the recorded seeds, the paper's value,
 the target (paper − 2% relative), the median training-epoch time (negative sampling included,
 evaluation excluded) and the epochs run / best epoch / whether ``--max-epochs`` cut the run.
+
+``--timing-only``: no validation or test; each backbone (in one process, one after another,
+same seed) trains ``--epochs`` epochs and the per-epoch training times (negative sampling
+included) and their median are printed and written to ``reproduce_rlmrec_timing.json`` with the
+load average before and after, so backbones are compared under the same machine load.
 """
 
 from __future__ import annotations
@@ -32,7 +38,11 @@ import torch  # noqa: E402
 
 from recalign.config import DataConfig  # noqa: E402
 from recalign.data.ingest import load_dataset  # noqa: E402
-from recalign.train.loop import CFData, TrainParams, run_cf  # noqa: E402
+from recalign.data.sampler import BPRSampler  # noqa: E402
+from recalign.models.registry import build_backbone  # noqa: E402
+from recalign.tables.optim import ModelOptimizer  # noqa: E402
+from recalign.train.loop import (CFData, TrainParams, run_cf, seed_everything,  # noqa: E402
+                                 train_epoch)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "rlmrec-amazon-book"
@@ -74,6 +84,44 @@ def table(runs: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def timing(data: CFData, backbones: list[str], epochs: int, seed: int, threads: int,
+           out: Path) -> dict:
+    """Median training-epoch time of each backbone (paper preset), one after another."""
+    torch.set_num_threads(threads)
+    res: dict = {"epochs": epochs, "threads": threads, "seed": seed, "torch": torch.__version__,
+                 "cpus": os.cpu_count(), "backbones": {}}
+    for bb in backbones:
+        p = TrainParams(seed=seed, threads=threads)
+        rng = seed_everything(seed)
+        model = build_backbone(bb, data.train, preset=PRESET, optimizer=p.optimizer)
+        opt = ModelOptimizer([model], p.optimizer)
+        sampler = BPRSampler(data.train)
+        load0 = os.getloadavg()[0]
+        times = []
+        for _ in range(epochs):
+            t = time.perf_counter()
+            losses = train_epoch(model, opt, sampler, rng, p.batch_size)
+            times.append(time.perf_counter() - t)
+        load1 = os.getloadavg()[0]
+        med = statistics.median(times)
+        res["backbones"][bb] = {"epoch_times": times, "median_s": med, "load_before": load0,
+                                "load_after": load1, "last_loss": losses.get("loss")}
+        print(f"{bb:9s} median epoch {med:7.2f} s  epochs {', '.join(f'{t:.2f}' for t in times)}"
+              f"  (load {load0:.1f} -> {load1:.1f})", flush=True)
+    base = res["backbones"].get("lightgcn", {}).get("median_s")
+    lines = ["| backbone | median epoch s | × LightGCN | load avg (1 min) before → after |",
+             "|---|---:|---:|---|"]
+    for bb, r in res["backbones"].items():
+        ratio = f"{r['median_s'] / base:.1f}" if base else "—"
+        lines.append(f"| {bb} | {r['median_s']:.2f} | {ratio} | {r['load_before']:.1f} → "
+                     f"{r['load_after']:.1f} |")
+    res["table"] = "\n".join(lines)
+    print(res["table"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -82,12 +130,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-epochs", type=int, default=3000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "reproduce_rlmrec.json")
+    ap.add_argument("--timing-only", action="store_true",
+                    help="only time --epochs training epochs per backbone (no eval)")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per backbone (--timing-only)")
     args = ap.parse_args(argv)
     if not args.data.is_dir():
         print(f"skip: data folder {args.data} not found", file=sys.stderr)
         return 0
     data = load(args.data)
     print(f"data: {data.n_users} users x {data.n_items} items, train {data.train.nnz}", flush=True)
+    if args.timing_only:
+        timing(data, args.backbones, args.epochs, args.seeds[0], args.threads,
+               args.out.with_name("reproduce_rlmrec_timing.json"))
+        return 0
     store = json.loads(args.out.read_text()) if args.out.exists() else {"runs": {}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for bb in args.backbones:

@@ -19,8 +19,8 @@ from recalign.data.graph import bipartite_adjacency, edge_spmm, normalized_adjac
 from recalign.data.sampler import BPRSampler
 from recalign.eval.metrics import evaluate
 from recalign.models import build_backbone, known_backbones
-from recalign.models.augment import (autocf_seed_scores, binary_graph, mask_subgraphs,
-                                     uniform_noise)
+from recalign.models.augment import (EdgeCSR, autocf_seed_scores, binary_graph,
+                                     mask_subgraphs, uniform_noise, valued_spmm)
 from recalign.models.autocf import AutoCF, GraphTransformerLayer
 from recalign.models.contrastive import (batch_view_info_nce, info_nce, l2_sum,
                                          log_sum_exp_contrast, row_logsumexp_mm,
@@ -248,6 +248,23 @@ def test_sgl_views_differ_and_cl_loss_decreases():
 
 
 # ----------------------------------------------------------------------------- DCCF
+def test_valued_spmm_matches_edge_spmm_value_and_gradients():
+    torch.manual_seed(5)
+    n = 13
+    adj = normalized_adjacency(random_train(3, 6, 7, 0.4))
+    rows = torch.repeat_interleave(torch.arange(n), torch.diff(adj.crow))
+    cols = adj.col
+    edges = EdgeCSR.build(rows, cols, n)
+    vals = torch.rand(rows.numel(), dtype=torch.float64, requires_grad=True)
+    x = torch.randn(n, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(n, 4, dtype=torch.float64)
+    got, want = valued_spmm(edges, vals, x), edge_spmm(rows, cols, vals, x, n)
+    torch.testing.assert_close(got, want)
+    for g, ww in zip(torch.autograd.grad((got * w).sum(), (vals, x)),
+                     torch.autograd.grad((want * w).sum(), (vals, x))):
+        torch.testing.assert_close(g, ww)
+
+
 def test_dccf_adaptive_masks_shapes_and_loss_decreasing():
     train = random_train(2, 30, 20, 0.2)
     seed_everything(0)
@@ -338,6 +355,41 @@ def test_graph_transformer_layer_matches_dense_attention():
         att = att / (att.sum(0) + 1e-8)
         want[r] = (att.unsqueeze(-1) * v[nb]).sum(0)
     torch.testing.assert_close(got, want.reshape(4, 8), rtol=1e-5, atol=1e-6)
+
+
+def _naive_graph_transformer(layer, rows, cols, x):
+    """The reference GTLayer formula (gather rows, project, scatter), via autograd."""
+    n, d = x.shape
+    h = layer.heads
+    q = (x[rows] @ layer.q).view(-1, h, d // h)
+    k = (x[cols] @ layer.k).view(-1, h, d // h)
+    v = (x[cols] @ layer.v).view(-1, h, d // h)
+    att = torch.exp(torch.einsum("ehd,ehd->eh", q, k).clamp(-10.0, 10.0))
+    att = att / (torch.zeros(n, h, dtype=x.dtype).index_add_(0, rows, att)[rows] + 1e-8)
+    msg = torch.einsum("eh,ehd->ehd", att, v).reshape(-1, d)
+    return torch.zeros(n, d, dtype=x.dtype).index_add_(0, rows, msg)
+
+
+@pytest.mark.parametrize("scale", [1.0, 6.0])  # 6: many scores clamped at ±10
+def test_graph_transformer_fast_backward_matches_reference_gradients(scale):
+    torch.manual_seed(4)
+    n, d = 15, 8
+    layer = GraphTransformerLayer(d, 2).double()
+    r, c = torch.randint(n, (60,)), torch.randint(n, (60,))
+    hsh = torch.unique(torch.cat([r * n + c, torch.arange(n) * (n + 1)]))  # + self-loops
+    rows, cols = hsh // n, hsh % n
+    x = (torch.randn(n, d, dtype=torch.float64) * scale).requires_grad_()
+    w = torch.randn(n, d, dtype=torch.float64)
+    params = [x, layer.q, layer.k, layer.v]
+    got = layer(rows, cols, x)
+    want = _naive_graph_transformer(layer, rows, cols, x)
+    torch.testing.assert_close(got, want)
+    for g, ww in zip(torch.autograd.grad((got * w).sum(), params),
+                     torch.autograd.grad((want * w).sum(), params)):
+        torch.testing.assert_close(g, ww)
+    # unsorted edge order gives the same result (EdgeCSR sorts)
+    perm = torch.randperm(rows.numel())
+    torch.testing.assert_close(layer(rows[perm], cols[perm], x), got)
 
 
 def test_autocf_schedule_and_loss_decreasing():

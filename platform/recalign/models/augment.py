@@ -63,6 +63,79 @@ def autocf_seed_scores(ones: NormalizedGraph, ego: torch.Tensor, seed_num: int,
 
 
 @dataclass
+class EdgeCSR:
+    """An edge list (``rows`` sorted) as CSR, with its transpose: products of per-edge values
+    with dense node features run as sparse matrix products instead of gathers and scatters of
+    ``|E| × d`` message tensors (AutoCF's graph-transformer attention)."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    crow: torch.Tensor
+    t_crow: torch.Tensor
+    t_col: torch.Tensor
+    t_perm: torch.Tensor
+    n: int
+
+    @classmethod
+    def build(cls, rows: torch.Tensor, cols: torch.Tensor, n: int) -> "EdgeCSR":
+        rows, cols = rows.long(), cols.long()
+        if rows.numel() > 1 and bool((rows[1:] < rows[:-1]).any()):
+            order = torch.argsort(rows * n + cols)
+            rows, cols = rows[order], cols[order]
+        crow = torch.zeros(n + 1, dtype=torch.long)
+        crow[1:] = torch.bincount(rows, minlength=n).cumsum(0)
+        t_perm = torch.argsort(cols * n + rows)
+        t_crow = torch.zeros(n + 1, dtype=torch.long)
+        t_crow[1:] = torch.bincount(cols, minlength=n).cumsum(0)
+        return cls(rows, cols, crow, t_crow, rows[t_perm], t_perm, n)
+
+    def mm(self, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``y[r] = Σ_{e: rows[e]=r} values[e] · x[cols[e]]`` (values in this edge order)."""
+        return torch.sparse.mm(_csr(self.crow, self.cols, values, self.n), x)
+
+    def t_mm(self, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``y[c] = Σ_{e: cols[e]=c} values[e] · x[rows[e]]`` (the transpose's product)."""
+        return torch.sparse.mm(_csr(self.t_crow, self.t_col, values.index_select(0, self.t_perm),
+                                    self.n), x)
+
+
+class _ValuedSpMM(torch.autograd.Function):
+    """``y = A(values) x`` on an :class:`EdgeCSR`, differentiable in ``values`` and ``x``."""
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, x: torch.Tensor, g: "EdgeCSR"):  # type: ignore[override]
+        ctx.g = g
+        ctx.save_for_backward(values, x)
+        return g.mm(values, x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        values, x = ctx.saved_tensors
+        g = ctx.g
+        grad = grad.contiguous()
+        gv = gx = None
+        if ctx.needs_input_grad[0]:  # ∂/∂v_e = <grad_r, x_c>
+            gv = (grad.index_select(0, g.rows) * x.index_select(0, g.cols)).sum(-1)
+        if ctx.needs_input_grad[1]:
+            gx = g.t_mm(values, grad)
+        return gv, gx, None
+
+
+def valued_spmm(edges: "EdgeCSR", values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``y[r] = Σ_e values[e] · x[cols[e]]`` as a CSR product, gradients to values and x (the
+    same as :func:`recalign.data.graph.edge_spmm`, without its |E| × d message tensor)."""
+    return _ValuedSpMM.apply(values, x, edges)
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.sparse_csr_tensor(crow, col, values.contiguous(), (n, n),
+                                       check_invariants=False)
+
+
+@dataclass
 class MaskedGraphs:
     """AutoCF's per-period graphs: the encoder graph (masked edges removed, renormalised) and
     the decoder's edge list (random edges among masked nodes + self-loops + kept edges)."""
@@ -72,6 +145,7 @@ class MaskedGraphs:
     decoder_cols: torch.Tensor
     masked_edges: int
     masked_nodes: torch.Tensor
+    decoder: EdgeCSR | None = None
 
 
 def mask_subgraphs(ones: NormalizedGraph, seeds: torch.Tensor, depth: int, keep_rate: float,
@@ -115,9 +189,11 @@ def mask_subgraphs(ones: NormalizedGraph, seeds: torch.Tensor, depth: int, keep_
     new_r = torch.cat([tr, tc, ar, kr])
     new_c = torch.cat([tc, tr, ar, kc])
     h = torch.unique(new_r * n + new_c)
-    return MaskedGraphs(encoder=encoder, decoder_rows=h // n, decoder_cols=h % n,
+    dr, dc = h // n, h % n  # sorted by row (then column): CSR order
+    return MaskedGraphs(encoder=encoder, decoder_rows=dr, decoder_cols=dc,
+                        decoder=EdgeCSR.build(dr, dc, n),
                         masked_edges=int(e - kr.numel()), masked_nodes=mask_nodes)
 
 
-__all__ = ["MaskedGraphs", "autocf_seed_scores", "binary_graph", "mask_subgraphs",
+__all__ = ["EdgeCSR", "MaskedGraphs", "valued_spmm", "autocf_seed_scores", "binary_graph", "mask_subgraphs",
            "uniform_noise"]

@@ -9,7 +9,8 @@ As RLMRec's reference (HKUDS/RLMRec ``general_cf/dccf.py``, ``dccf.yml``), resta
 * adaptive augmentation, twice: for every edge (h, t) of ``A`` the weight
   ``α = (cos(x_h, x_t) + 1) / 2`` with ``x = Z(l)`` (graph-adaptive, G) or ``x = R(l)``
   (intent-adaptive, I); row-normalised ``D_α^-1 α`` (not symmetric); ``G(l) = Â_G E(l)``,
-  ``I(l) = Â_I E(l)``. Gradients flow through the weights (:func:`recalign.data.graph.edge_spmm`);
+  ``I(l) = Â_I E(l)``. Gradients flow through the weights (:func:`recalign.models.augment.valued_spmm`:
+  a CSR product with a hand-written backward, the same values as ``edge_spmm``);
 * ``E(l+1) = Z(l) + R(l) + G(l) + I(l) + E(l)``; final = ``Σ_{l=0..L} E(l)``;
 * loss: BPR (mean) + ``reg_weight · Σ||W||²`` over all parameters (both full tables *and* the
   intent matrices) + ``cl_weight ·`` Σ over layers of InfoNCE(Z, R), InfoNCE(Z, G),
@@ -32,7 +33,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from recalign.data.graph import NormalizedGraph, edge_spmm, normalized_adjacency, spmm
+from recalign.data.graph import NormalizedGraph, normalized_adjacency, spmm
+from recalign.models.augment import EdgeCSR, valued_spmm
 from recalign.data.sampler import BPRBatch
 from recalign.models.base import Backbone, Layer0Hook, RecOutput
 from recalign.models.contrastive import bpr_loss, info_nce, l2_sum, pick_rows
@@ -91,6 +93,7 @@ class DCCF(Backbone):
         self.item_intent = nn.Parameter(nn.init.xavier_uniform_(torch.empty(d, k)))
         self.rows = torch.repeat_interleave(torch.arange(graph.n_nodes), torch.diff(graph.crow))
         self.cols = graph.col
+        self.edges = EdgeCSR.build(self.rows, self.cols, graph.n_nodes)  # same (CSR) order
         self.out_dim = d
 
     @classmethod
@@ -118,8 +121,8 @@ class DCCF(Backbone):
         for _ in range(self.params.layers):
             z = spmm(self.graph, e, None, t_values)
             r = self._intent(e)
-            g = edge_spmm(self.rows, self.cols, adaptive_values(z, self.rows, self.cols, n), e, n)
-            it = edge_spmm(self.rows, self.cols, adaptive_values(r, self.rows, self.cols, n), e, n)
+            g = valued_spmm(self.edges, adaptive_values(z, self.rows, self.cols, n), e)
+            it = valued_spmm(self.edges, adaptive_values(r, self.rows, self.cols, n), e)
             views.append((z, r, g, it))
             e = z + r + g + it + e
             acc = acc + e

@@ -263,8 +263,10 @@ def test_darec_terms_by_hand() -> None:
     u = math.log(sum(math.exp(-2 * float((na[i] - na[j]).square().sum())) for i, j in pairs) / 3)
     assert float(uniformity(a)) == pytest.approx(u, rel=1e-6)
     nb = F.normalize(b, dim=-1)
-    g = sum(float(na[i] @ na[j] - nb[i] @ nb[j]) ** 2 for i in range(3) for j in range(3)) / 9
+    # the paper's squared Frobenius norm: a sum over all N-hat^2 pairs (mean: / N-hat^2)
+    g = sum(float(na[i] @ na[j] - nb[i] @ nb[j]) ** 2 for i in range(3) for j in range(3))
     assert float(global_structure(a, b)) == pytest.approx(g, rel=1e-6)
+    assert float(global_structure(a, b, "mean")) == pytest.approx(g / 9, rel=1e-6)
     perm = torch.tensor([2, 0, 1])
     s = [[float(F.cosine_similarity(a[i], b[perm[j]], dim=0)) for j in range(3)] for i in range(3)]
     loc = sum((s[i][i] - 1) ** 2 for i in range(3)) / 3 + sum(
@@ -324,6 +326,35 @@ def test_darec_excludes_rows_without_vectors_and_samples_n_hat() -> None:
     assert idx.numel() == 13 and not ({8, 9} & set(idx.tolist()))
     dr2 = DaRec(sem, dim=4, params=DaRec.Params(n_sample=5, k=3, width=4))
     assert dr2.sample().numel() == 5
+
+
+def test_darec_sampled_subgraph_rows_pair_with_their_global_vectors() -> None:
+    """Sampled propagation: reps are the subgraph's rows; each pairs with its own vector."""
+    rng = np.random.default_rng(1)
+    sem = from_arrays(rng.standard_normal((6, 5)), rng.standard_normal((4, 5)),
+                      user_mask=[True] * 4 + [False, True])
+    dr = DaRec(sem, dim=3, params=DaRec.Params(n_sample=100, k=2, width=4))
+    seen = {}
+
+    def terms(e_c, e_l):
+        seen["c"], seen["l"] = e_c.detach().clone(), e_l.detach().clone()
+        return {"glo": e_c.sum() * 0}
+    dr.terms = terms
+    users, items = torch.tensor([4, 1, 5]), torch.tensor([3, 0])  # user 4 has no vector
+    reps_u = torch.arange(9.0).reshape(3, 3)
+    reps_i = 100 + torch.arange(6.0).reshape(2, 3)
+    b = BPRBatch(torch.tensor([1]), torch.tensor([0]), torch.tensor([3]))
+    out = RecOutput({}, reps_u[:1], reps_i[:1], reps_i[1:], reps_u, reps_i, b,
+                    extras={"user_ids": users, "item_ids": items})
+    dr(out)
+    allsem = torch.cat([sem.users.vectors, sem.items.vectors])
+    local = torch.cat([reps_u, reps_i])
+    glob = torch.cat([users, items + 6])
+    got = {tuple(r.tolist()) for r in seen["c"]}
+    assert got == {tuple(local[j].tolist()) for j in (1, 2, 3, 4)}  # not user 4 (row 0)
+    for c, l_ in zip(seen["c"], seen["l"]):
+        j = next(j for j in range(5) if torch.equal(local[j], c))
+        assert torch.equal(l_, allsem[glob[j]])
 
 
 # ------------------------------------------------------------------ semantic vectors

@@ -8,12 +8,16 @@ normalisation and ``lam`` the single weight::
 
     L_or  = mean cos(L_sp, L_sh)^2 + mean cos(C_sp, C_sh)^2              orthogonality
     L_uni = U(C_sp) + U(L_sp),  U(x) = log mean_{i<j} exp(-2 |x^_i - x^_j|^2)   uniformity
-    L_glo = mean_{ij} (C^_sh C^_sh^T - L^_sh L^_sh^T)_{ij}^2                  global structure
+    L_glo = sum_{ij} (C^_sh C^_sh^T - L^_sh L^_sh^T)_{ij}^2                   global structure
     L_loc = 1/K sum_i (S_ii - 1)^2 + 1/(K^2-K) sum_{i!=j} S_ij^2               local structure
     L     = lam * (L_or + L_uni + L_glo + L_loc)
 
-``L_glo`` is the paper's ``|S^C - S^L|_F^2`` on normalised shared parts divided by N-hat^2 (a
-constant factor that lam absorbs; without it the term grows with N-hat). For ``L_loc`` each
+``L_glo`` is the paper's ``|S^C - S^L|_F^2`` (a sum over the N-hat^2 pairs) on normalised shared
+parts. With the single ``lam`` of the paper the sum is what sets the weight of the global term
+against the three normalised ones; ``glo_reduction: mean`` (divide by N-hat^2, i.e. a global
+term 10^6 times weaker at N-hat = 1024) was this module's first version and is kept only as an
+option: with it the only term that transfers the semantic structure is negligible and the
+remaining regularisers cost accuracy (docs/results.md, Alignment). For ``L_loc`` each
 side keeps K preference centres of its normalised shared parts in a
 :class:`~recalign.align.kmeans.MiniBatchKMeans` (sums and counts all-reduced when a process
 group / reduce function is given, so all workers hold the same centres); the CF centres are
@@ -24,7 +28,7 @@ this step's rows (:meth:`MiniBatchKMeans.differentiable_centres`).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +54,9 @@ class DaRecParams(BaseModel):
     seed: int = Field(0, description="row sampling seed (the worker's rank is added)")
     reg_weight: float | None = Field(None, ge=0, description="L2 over the heads; default: "
                                      "the backbone's reg_weight")
+    glo_reduction: Literal["sum", "mean"] = Field(
+        "sum", description="L_glo over the N-hat^2 pairs: sum (the paper's squared Frobenius "
+        "norm) or mean (divided by N-hat^2)")
     bf16: bool = False
 
 
@@ -63,9 +70,12 @@ def orthogonality(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(a, b, dim=-1).square().mean()
 
 
-def global_structure(c_sh: torch.Tensor, l_sh: torch.Tensor) -> torch.Tensor:
+def global_structure(c_sh: torch.Tensor, l_sh: torch.Tensor, reduction: str = "sum"
+                     ) -> torch.Tensor:
+    """|S^C - S^L|_F^2 of the cosine-similarity matrices (``mean``: divided by N-hat^2)."""
     c, l_ = F.normalize(c_sh, dim=-1), F.normalize(l_sh, dim=-1)
-    return (c @ c.T - l_ @ l_.T).square().mean()
+    sq = (c @ c.T - l_ @ l_.T).square()
+    return sq.sum() if reduction == "sum" else sq.mean()
 
 
 def local_structure(c_centres: torch.Tensor, l_centres: torch.Tensor,
@@ -100,7 +110,9 @@ class DaRec(Alignment):
         self.km_l = MiniBatchKMeans(p.k, p.width, **kw)  # type: ignore[arg-type]
         sem, mask = semantic.all_nodes()
         self.register_buffer("sem", sem, persistent=False)
+        self.register_buffer("has_sem", mask, persistent=False)
         self.register_buffer("nodes_with", torch.nonzero(mask).flatten(), persistent=False)
+        self.n_users = semantic.n_users
         self._gen = torch.Generator().manual_seed(int(p.seed) + 1_000_003 * int(rank))
         self.last_parts: dict[str, float] = {}
 
@@ -130,13 +142,24 @@ class DaRec(Alignment):
         perm = greedy_match(self.km_c.centres, self.km_l.centres)
         return {"or": orthogonality(l_sp, l_sh) + orthogonality(c_sp, c_sh),
                 "uni": uniformity(c_sp) + uniformity(l_sp),
-                "glo": global_structure(c_sh, l_sh),
+                "glo": global_structure(c_sh, l_sh, self.params.glo_reduction),
                 "loc": local_structure(cc, cl, perm)}
 
     def forward(self, out: Any) -> dict[str, torch.Tensor]:
-        idx = self.sample()
-        e_c = torch.cat([out.all_users, out.all_items], 0).index_select(0, idx)
-        parts = self.terms(e_c, self.sem[idx])
+        reps = torch.cat([out.all_users, out.all_items], 0)
+        extras = getattr(out, "extras", None) or {}
+        if "user_ids" in extras:
+            # sampled propagation: the representations are this step's subgraph rows (global
+            # ids in extras); sample N-hat of those that have a semantic vector
+            nodes = torch.cat([extras["user_ids"], extras["item_ids"] + self.n_users])
+            local = torch.nonzero(self.has_sem[nodes]).flatten()
+            m = min(self.params.n_sample, local.numel())
+            local = local[torch.randperm(local.numel(), generator=self._gen)[:m]]
+            e_c, e_l = reps.index_select(0, local), self.sem[nodes[local]]
+        else:
+            idx = self.sample()
+            e_c, e_l = reps.index_select(0, idx), self.sem[idx]
+        parts = self.terms(e_c, e_l)
         self.last_parts = {k: float(v.detach()) for k, v in parts.items()}
         lam = self.params.weight
         losses = {f"align_darec_{k}": lam * v for k, v in parts.items()}

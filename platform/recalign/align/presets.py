@@ -96,6 +96,10 @@ def backbone_dim(backbone: Any) -> int:
     """Width of the backbone's final representations (GCCF concatenates its layers, so this
     is not always ``params.dim``): an ``out_dim`` attribute, else one no-grad forward."""
     dim = getattr(backbone, "out_dim", None)
+    if dim is None and hasattr(backbone, "graph") and backbone.graph is None:
+        # LightGCN built for sampled propagation has no full graph to run a forward on; its
+        # final representations (a sum of layers) keep the layer-0 width
+        dim = backbone.params.dim
     if dim is None:
         import torch
 

@@ -6,7 +6,9 @@ recall@100 against exact search, and serialised index bytes. Uses the same build
 
     nice .venv/bin/python benchmarks/export_index.py --sizes 100000 1000000
 
-Prints a table and writes benchmarks/out/export_index.json.
+Prints a table and writes benchmarks/out/export_index.json (``--out``); each row is also
+appended to export_index.jsonl as soon as it is measured, so a long run that is stopped keeps
+what it finished.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def clustered(n: int, d: int, centres: np.ndarray, rng: np.random.Generator) -> 
     return out
 
 
-def bench(n: int, d: int, kinds: list[str], queries: int, cfg: ExportConfig, seed: int) -> list[dict]:
+def bench(n: int, d: int, kinds: list[str], queries: int, cfg: ExportConfig, seed: int,
+          log: Path) -> list[dict]:
     rng = np.random.default_rng(seed)
     centres = (2.0 * rng.standard_normal((max(64, n // 1000), d))).astype(np.float32)
     items = clustered(n, d, centres, rng)
@@ -61,6 +64,8 @@ def bench(n: int, d: int, kinds: list[str], queries: int, cfg: ExportConfig, see
                "index_bytes": len(built.to_bytes()), "queries": queries,
                "exact_ground_truth_s": round(exact_s, 2)}
         print(json.dumps(row), flush=True)
+        with log.open("a") as f:
+            f.write(json.dumps(row) + "\n")
         rows.append(row)
         del built
     return rows
@@ -74,14 +79,17 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="export_index.json", help="file name under benchmarks/out")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     metavar="field=value", help="ExportConfig field, e.g. hnsw_ef_construction=100")
     args = ap.parse_args()
     cfg = ExportConfig(**dict(kv.split("=", 1) for kv in args.overrides))
     set_threads(args.threads)
+    OUT.mkdir(exist_ok=True)
     rows = []
     for n in args.sizes:
-        rows += bench(n, args.d, args.kinds, args.queries, cfg, args.seed)
+        rows += bench(n, args.d, args.kinds, args.queries, cfg, args.seed,
+                      OUT / "export_index.jsonl")
     k = cfg.recall_k
     print(f"\n| items | kind | params | build s | queries/s | recall@{k} | index MB |")
     print("|---:|---|---|---:|---:|---:|---:|")
@@ -89,10 +97,9 @@ def main() -> None:
         params = ", ".join(f"{a}={b}" for a, b in r["params"].items()) or "exact"
         print(f"| {r['items']:,} | {r['kind']} | {params} | {r['build_s']} | "
               f"{r['queries_per_s']:,} | {r[f'recall@{k}']} | {r['index_bytes'] / 2**20:.1f} |")
-    OUT.mkdir(exist_ok=True)
     meta = {"faiss": faiss.__version__, "threads": faiss.omp_get_max_threads(),
             "machine": platform.machine(), "config": cfg.model_dump(mode="json")}
-    (OUT / "export_index.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (OUT / args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,10 @@ def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     from recalign.pipeline.report import gather, table_rows, write_report
 
     cfg = demo_cfg(args)
+    # the demo prints a table at the end: keep vLLM's and Ray's per-worker INFO logs out of it
+    # (local Ray workers inherit this process's environment)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     night = nightly.run(cfg, argparse.Namespace(dry_run=getattr(args, "dry_run", False),
                                                 start=None, only=None, force=False,
                                                 no_progress=getattr(args, "no_progress", False)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -319,3 +320,33 @@ def test_same_module_under_dmp_world_size_1(kernel):
         assert not torch.allclose(m()[0], ref_u)
     finally:
         dist.destroy_process_group()
+
+
+def test_rowwise_adagrad_on_dense_parameters_with_biases() -> None:
+    """Alignment MLPs have 1-d biases: row-wise Adagrad state needs rows, so matrices get
+    torchrec's RowWiseAdagrad and vectors plain Adagrad (torchrec's fails on 1-d)."""
+    from torchrec.optim import RowWiseAdagrad
+
+    from recalign.tables.optim import OptimizerChain, TableOptimizerSpec, dense_optimizer
+
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 1))
+    opt = dense_optimizer(mlp.parameters(), TableOptimizerSpec(name="rowwise_adagrad", lr=0.1))
+    assert isinstance(opt, OptimizerChain)
+    ref = copy.deepcopy(mlp)
+    mats = [p for p in ref.parameters() if p.dim() == 2]
+    vecs = [p for p in ref.parameters() if p.dim() == 1]
+    ref_opts = [RowWiseAdagrad(mats, lr=0.1), torch.optim.Adagrad(vecs, lr=0.1, eps=1e-8)]
+    x = torch.randn(8, 4)
+    for _ in range(3):
+        for model, opts in ((mlp, [opt]), (ref, ref_opts)):
+            for o in opts:
+                o.zero_grad()
+            model(x).square().mean().backward()
+            for o in opts:
+                o.step()
+    for a, b in zip(mlp.parameters(), ref.parameters()):
+        assert torch.allclose(a, b)
+    state = opt.state_dict()
+    assert len(state["parts"]) == 2
+    opt.load_state_dict(state)

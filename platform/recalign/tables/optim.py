@@ -103,7 +103,7 @@ def sharder_fused_params(spec: TableOptimizerSpec) -> dict[str, Any]:
 
 
 def dense_optimizer(params: Iterable[torch.nn.Parameter],
-                    spec: TableOptimizerSpec) -> torch.optim.Optimizer | None:
+                    spec: TableOptimizerSpec) -> "torch.optim.Optimizer | OptimizerChain | None":
     """A torch optimizer over ``params`` (None if there are none)."""
     params = [p for p in params if p.requires_grad]
     if not params:
@@ -117,8 +117,42 @@ def dense_optimizer(params: Iterable[torch.nn.Parameter],
     if spec.name == "rowwise_adagrad":
         from torchrec.optim import RowWiseAdagrad
 
-        return RowWiseAdagrad(params, lr=spec.lr, eps=spec.eps, weight_decay=spec.weight_decay)
+        # row-wise state needs rows: matrices (dense tables, MLP weights) get it, vectors
+        # (biases) get plain Adagrad; torchrec's RowWiseAdagrad fails on 1-d parameters
+        rows = [p for p in params if p.dim() >= 2]
+        flat = [p for p in params if p.dim() < 2]
+        parts = ([RowWiseAdagrad(rows, lr=spec.lr, eps=spec.eps,
+                                 weight_decay=spec.weight_decay)] if rows else []) + \
+            ([torch.optim.Adagrad(flat, lr=spec.lr, eps=spec.eps,
+                                  weight_decay=spec.weight_decay)] if flat else [])
+        return parts[0] if len(parts) == 1 else OptimizerChain(parts)
     return torch.optim.SGD(params, lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+class OptimizerChain:
+    """Several torch optimizers over disjoint parameters behind one optimizer's interface."""
+
+    def __init__(self, parts: list[torch.optim.Optimizer]) -> None:
+        self.parts = parts
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for p in self.parts for g in p.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.parts:
+            p.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for p in self.parts:
+            p.step()
+
+    def state_dict(self) -> dict:
+        return {"parts": [p.state_dict() for p in self.parts]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for p, s in zip(self.parts, state["parts"], strict=True):
+            p.load_state_dict(s)
 
 
 class ModelOptimizer:

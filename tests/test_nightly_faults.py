@@ -102,10 +102,27 @@ class RecordingEngine(SharedEngine):
         return super().generate(requests)
 
 
+def finished_rows(version: Path) -> dict[str, tuple[str, str]]:
+    """Request id (``items:<id>``) -> (key, summarization) of the ``ok`` rows in a killed run's
+    readable parts."""
+    done: dict[str, tuple[str, str]] = {}
+    for side in ("items", "users"):
+        for p in sorted((version / side).glob("part-*.parquet")):
+            try:
+                rows = pq.read_table(p).to_pylist()
+            except Exception:  # a part torn by the kill is not trusted
+                continue
+            done.update({f"{side}:{r['id']}": (r["key"], r["summarization"])
+                         for r in rows if r["status"] == "ok"})
+    return done
+
+
 @pytest.mark.slow
 def test_killed_during_profiles_resumes_without_repeating_llm_calls(
-        tmp_path: Path, model_dir: str, vllm_engine: Any) -> None:
-    src, root = write_text_dataset(tmp_path / "src"), tmp_path / "root"
+        tmp_path: Path, model_dir: str, request: pytest.FixtureRequest) -> None:
+    n_items, n_users = 10, 4
+    src = write_text_dataset(tmp_path / "src", n_items=n_items, n_users=n_users, per_user=5)
+    root = tmp_path / "root"
     sem = f"{root}/texty/semantic"
     cfg = {
         "data": {"source": "parquet", "path": str(src), "name": "texty",
@@ -120,34 +137,35 @@ def test_killed_during_profiles_resumes_without_repeating_llm_calls(
     }
     cfg_file = tmp_path / "night.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "recalign.jobs.nightly", "--config", str(cfg_file),
-         "--no-progress"], cwd=ROOT, env={**os.environ, **VLLM_ENV}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, start_new_session=True)
+    log = tmp_path / "night.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "recalign.jobs.nightly", "--config", str(cfg_file),
+             "--no-progress"], cwd=ROOT, env={**os.environ, **VLLM_ENV}, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True)
     art = root / "texty" / PROFILES
-    deadline = time.time() + 180
+    deadline = time.time() + 420  # generous: two shared cores can be very busy
+    done: dict[str, tuple[str, str]] = {}  # finished before the kill
     while time.time() < deadline and proc.poll() is None:
-        if len(list(art.glob("v=*/items/part-*.parquet"))) >= 2:
+        versions = list(art.glob("v=*"))
+        # kill once some profile is finished (a 135M model's output may fail validation:
+        # such rows are not finished and are redone by the rerun)
+        if versions and (done := finished_rows(versions[0])):
             break
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.communicate()[0].decode()[-3000:]
+        time.sleep(0.5)
+    assert proc.poll() is None, log.read_text()[-3000:]
     os.killpg(proc.pid, signal.SIGKILL)  # the whole job, midway, no chance to clean up
     proc.wait()
     (killed,) = [p for p in art.iterdir() if p.name.startswith("v=")]
     assert not (killed / "_SUCCESS").exists() and not (art / "LATEST").exists()
     markers = MarkerStore(str(root), "texty")
     assert markers.get("ingest") is not None and markers.get("profiles") is None
-    done: dict[str, tuple[int, str]] = {}  # key -> (id, summarization) finished before the kill
-    for p in sorted((killed / "items").glob("part-*.parquet")):
-        try:
-            rows = pq.read_table(p).to_pylist()
-        except Exception:  # a part torn by the kill is not trusted
-            continue
-        done.update({r["key"]: (r["id"], r["summarization"]) for r in rows if r["status"] == "ok"})
-    assert len(done) >= 1  # (a 135M model's output may fail validation; those are redone)
+    done = finished_rows(killed)  # (parts written between the poll and the kill count too)
+    assert len(done) >= 1
 
-    # the rerun, in-process, on the session's real vLLM engine (requests recorded)
-    engine = RecordingEngine(vllm_engine)
+    # the rerun, in-process, on the session's real vLLM engine (requests recorded); the
+    # engine is started only now, so that it does not compete with the job above
+    engine = RecordingEngine(request.getfixturevalue("vllm_engine"))
     llm = Config.model_validate(cfg).llm
     hooks = nightly.Hooks(profiles_runner=lambda: LocalRunner(
         lambda: engine, max_attempts=llm.max_attempts, batch_size=16, close_engine=False))
@@ -155,19 +173,20 @@ def test_killed_during_profiles_resumes_without_repeating_llm_calls(
     assert out["ran"] == ["profiles", "embed", "train", "export"] and out["skipped"] == ["ingest"]
     prof = next(s for s in out["stages"] if s["stage"] == "profiles")["summary"]
     requested = set(engine.ids)
-    finished = {f"items:{i}" for i, _ in done.values()}
-    assert requested.isdisjoint(finished), requested & finished  # no LLM call for them
-    assert len(requested) == 26 - len(done)  # every other entity, once (retries: same id)
+    assert requested.isdisjoint(done), requested & set(done)  # no LLM call for them
+    # every other entity, and only those (a retry reuses its entity's id)
+    assert len(requested) == n_items + n_users - len(done)
     assert prof["requests"] == len(engine.ids) and prof["ok"] + prof["failed"] == len(requested)
 
     store = SnapshotStore(str(root))
     snap = store.open("texty", PROFILES)
     items = {r["key"]: r for r in snap.read_table("items").to_pylist()}
     users = {r["key"]: r for r in snap.read_table("users").to_pylist()}
-    assert sorted(items) == sorted(f"i{i}" for i in range(20))
-    assert sorted(users) == sorted(f"u{u}" for u in range(6))
-    for key, (_, text) in done.items():  # salvaged as written before the kill
-        assert items[key]["summarization"] == text and items[key]["generated_in"] == killed.name
+    assert sorted(items) == sorted(f"i{i}" for i in range(n_items))
+    assert sorted(users) == sorted(f"u{u}" for u in range(n_users))
+    for rid, (key, text) in done.items():  # salvaged as written before the kill
+        row = (items if rid.startswith("items:") else users)[key]
+        assert row["summarization"] == text and row["generated_in"] == killed.name
     # later stages completed on the full profiles: markers name the LATEST versions
     for stage in ("profiles", "embed", "train", "export"):
         m = markers.get(stage)
@@ -176,7 +195,7 @@ def test_killed_during_profiles_resumes_without_repeating_llm_calls(
             assert store.latest_version("texty", artifact) == version
     assert markers.get("profiles").outputs == {PROFILES: snap.version}
     emb = store.open("texty", "embeddings")
-    assert ids(emb, "users") == list(range(6)) and ids(emb, "items") == list(range(20))
+    assert ids(emb, "users") == list(range(n_users)) and ids(emb, "items") == list(range(n_items))
 
 
 # ------------------------------------------------- 3. crash between commit and LATEST (train)
@@ -285,10 +304,12 @@ def own_s3(monkeypatch: pytest.MonkeyPatch) -> Any:
 def test_s3_server_gone_mid_write_fails_cleanly_and_rerun_succeeds(
         own_s3: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     root = "s3://nightly/root"
-    cfg = tiny(root)
+    cfg = tiny(root, train={"max_epochs": 2, "eval_every": 2},
+               nightly={"stages": ["ingest", "embed", "train"]})
     store = SnapshotStore(root)
     real_write = SnapshotWriter.write_table
     written: list[str] = []
+    stopped_at: list[float] = []
 
     # Deliberately injected fault: the real write_table, except that after the train stage's
     # first embeddings part is written, the S3 server is stopped (the next write finds it gone).
@@ -297,19 +318,19 @@ def test_s3_server_gone_mid_write_fails_cleanly_and_rerun_succeeds(
         if self.artifact == "embeddings" and own_s3["running"]:
             written.append(uri)
             own_s3["stop"]()
+            stopped_at.append(time.perf_counter())
         return uri
 
     monkeypatch.setattr(SnapshotWriter, "write_table", write_table)
-    t0 = time.perf_counter()
     with pytest.raises(nightly.PipelineError) as err:
         run_night(cfg)
-    failed_after = time.perf_counter() - t0
+    failed_after = time.perf_counter() - stopped_at[0]
     msg = str(err.value)
     assert len(written) == 1 and written[0].startswith("s3://nightly/root/tiny/embeddings/v=")
     version_uri = written[0].rsplit("/", 2)[0]
     assert msg.startswith("nightly: stage 'train' failed:"), msg
     assert "s3://nightly/root/tiny/embeddings/v=" in msg and version_uri in msg, msg
-    assert failed_after < 120  # fails, does not hang
+    assert failed_after < 60, failed_after  # fails soon, does not hang retrying
 
     own_s3["start"]()
     monkeypatch.setattr(SnapshotWriter, "write_table", real_write)
@@ -324,10 +345,10 @@ def test_s3_server_gone_mid_write_fails_cleanly_and_rerun_succeeds(
     dataset_v = store.latest_version("tiny", "dataset")
 
     again = run_night(cfg)
-    assert again["skipped"] == ["ingest", "embed"] and again["ran"] == ["train", "export"]
+    assert again["skipped"] == ["ingest", "embed"] and again["ran"] == ["train"]
     assert store.latest_version("tiny", "dataset") == dataset_v
     snap = store.open("tiny", "embeddings")
     assert snap.version != partial.version
     check_embeddings(snap)
     assert markers.get("train").outputs == {"embeddings": snap.version}
-    assert markers.get("export").outputs == {"index": store.latest_version("tiny", "index")}
+    assert run_night(cfg)["ran"] == []  # and the night after has nothing left to do

@@ -41,6 +41,20 @@ _VERSION = re.compile(r"^v=\d{8}T\d{6}-[A-Za-z0-9_-]+$")
 MANIFEST, SUCCESS, LATEST = "manifest.json", "_SUCCESS", "LATEST"
 
 
+def _io_errors() -> tuple[type[BaseException], ...]:
+    """What storage I/O raises: OSError (pyarrow, fsspec, s3fs), botocore's own errors."""
+    try:
+        from botocore.exceptions import BotoCoreError
+    except ImportError:
+        return (OSError,)
+    return (OSError, BotoCoreError)
+
+
+def _io_failed(uri: str, what: str, exc: BaseException) -> SnapshotError:
+    """An I/O error (e.g. the object store went away) as a SnapshotError naming the URI."""
+    return SnapshotError(f"{uri}: {what} failed ({type(exc).__name__}: {exc})")
+
+
 def _check_name(kind: str, name: str) -> str:
     # names become path segments: refuse anything that could escape the root
     if not _NAME.match(name) or name in (".", ".."):
@@ -138,9 +152,12 @@ class SnapshotWriter:
         parts = self._parts.setdefault(table_name, [])
         name = f"{self.part_prefix}-{len(parts):05d}.parquet"
         uri = join(self.uri, table_name, name)
-        fs, path = arrow_filesystem(uri)
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        pq.write_table(table, path, filesystem=fs)
+        try:
+            fs, path = arrow_filesystem(uri)
+            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            pq.write_table(table, path, filesystem=fs)
+        except _io_errors() as exc:
+            raise _io_failed(uri, "writing this part", exc) from exc
         parts.append(name)
         self._rows[table_name] = self._rows.get(table_name, 0) + table.num_rows
         prev = self._schemas.get(table_name)
@@ -175,6 +192,16 @@ class SnapshotWriter:
                extra_parts: list[dict[str, dict[str, Any]]] | None = None,
                move_latest: bool = True) -> Snapshot:
         """manifest.json -> _SUCCESS -> LATEST. Parts from other writers come in ``extra_parts``."""
+        try:
+            return self._commit(inputs=inputs, config_hash=config_hash, fingerprint=fingerprint,
+                                extra=extra, extra_parts=extra_parts, move_latest=move_latest)
+        except _io_errors() as exc:
+            raise _io_failed(self.uri, "committing this version", exc) from exc
+
+    def _commit(self, *, inputs: dict[str, str] | None, config_hash: str | None,
+                fingerprint: str | None, extra: dict[str, Any] | None,
+                extra_parts: list[dict[str, dict[str, Any]]] | None,
+                move_latest: bool) -> Snapshot:
         if self.committed:
             raise SnapshotError(f"{self.uri}: already committed")
         tables = self.parts_written()
@@ -236,7 +263,14 @@ class SnapshotStore:
         return SnapshotWriter(self, dataset, artifact, version, part_prefix=part_prefix)
 
     def set_latest(self, dataset: str, artifact: str, version: str) -> None:
-        fs, base = fsspec_filesystem(self.artifact_uri(dataset, artifact))
+        uri = self.artifact_uri(dataset, artifact)
+        try:
+            self._set_latest(uri, version)
+        except _io_errors() as exc:
+            raise _io_failed(join(uri, LATEST), f"pointing LATEST at {version}", exc) from exc
+
+    def _set_latest(self, artifact_uri: str, version: str) -> None:
+        fs, base = fsspec_filesystem(artifact_uri)
         if not fs.exists(f"{base}/{version}/{SUCCESS}"):
             raise SnapshotError(f"refusing to point LATEST at {version}: it has no {SUCCESS}")
         scheme, _ = split_uri(self.root)

@@ -51,17 +51,35 @@ OUT = ROOT / "benchmarks" / "out"
 PRESET = "rlmrec-amazon-book"
 METHOD = {"base": "none", "con": "rlmrec-con", "gen": "rlmrec-gen", "darec": "darec",
           "shuffled-con": "rlmrec-con", "shuffled-gen": "rlmrec-gen", "shuffled-darec": "darec"}
+#: ``--semantic``: where the vectors come from. ``minilm``: this script's MiniLM vectors of raw
+#: text (cached); ``profiles`` / ``raw``: the LLM stage's embedding snapshots of MovieLens
+#: (``recalign embed``; benchmarks/llm_movielens.yaml, same split): MiniLM of the LLM profile
+#: summaries (2,121 items + 609 users; other entities have no vector and are excluded from the
+#: alignment losses, counted in the run record) and of the raw text. Any other value is read as an
+#: embedding snapshot folder with ``users`` and ``items`` tables.
+SNAPSHOTS = {"profiles": ROOT / "recalign-data" / "ml-small" / "semantic",
+             "raw": ROOT / "recalign-data" / "ml-small" / "semantic-raw"}
 #: DaRec's chosen setting (``search`` suite, synthetic validation, lambda stage; docs/results.md)
-DAREC_DEFAULT: dict[str, Any] = {"weight": 0.01, "k": 16, "n_sample": 1024, "width": 32}
+DAREC_DEFAULT: dict[str, Any] = {"weight": 1e-6, "k": 16, "n_sample": 1024, "width": 32}
 
 DATASETS: dict[str, dict[str, Any]] = {
     "ml": {"source": "movielens", "path": str(SHARED / "movielens-latest-small"),
            "min_rating": 3.0, "split": {"method": "random", "ratios": [0.6, 0.2, 0.2]}},
     "sci": {"source": "unisrec", "path": str(SHARED / "amazon-scientific"),
             "split": {"method": "random", "ratios": [0.6, 0.2, 0.2]}},
-    # sparse on purpose (~10 interactions per user, 6 in training): where CF alone is weak
+    # the sanity check's set: sparse (8 interactions per user, ~4.8 in training; ~4.8 per
+    # item) with 48 topics and a flat popularity (exponent 0.5), so that which topic an item
+    # belongs to -- what its text says -- is hard to learn from co-occurrence alone. Planted
+    # truth (oracle Recall@20 from the generative p_u(i)): .370; topic-only oracle (no
+    # popularity) .248; LightGCN .219 (docs/results.md, Alignment)
     "synthetic": {"source": "synthetic", "split": {"method": "random", "ratios": [0.6, 0.2, 0.2]},
-                  "synthetic": {"users": 3000, "items": 2000, "interactions": 30000}},
+                  "synthetic": {"users": 3000, "items": 3000, "interactions": 24000,
+                                "topics": 48, "popularity_exponent": 0.5}},
+    # the first version of the check (12 topics, popularity exponent 0.8): LightGCN .304 of
+    # an oracle .375, topic-only oracle .086 -- the text says little that CF does not learn
+    "synthetic-12t": {"source": "synthetic",
+                      "split": {"method": "random", "ratios": [0.6, 0.2, 0.2]},
+                      "synthetic": {"users": 3000, "items": 2000, "interactions": 30000}},
 }
 
 
@@ -80,8 +98,13 @@ def minilm_vectors(ds: Any, name: str, user_items: int = 20,
     """MiniLM vectors of item text and of users' training-item titles (cached per dataset)."""
     from recalign.llm.embedding import raw_texts
 
+    # the dataset name covers users/items/interactions/seed only: any other synthetic knob
+    # (topics, popularity) changes the users' texts, so it goes into the cache key
+    syn = {k: v for k, v in DATASETS.get(name, {}).get("synthetic", {}).items()
+           if k not in ("users", "items", "interactions")}
+    tag = "".join(f"-{k[:3]}{v}" for k, v in sorted(syn.items()))
     cache = OUT / "cache" / (f"minilm-{ds.name}-{ds.n_users}x{ds.n_items}-u{user_items}"
-                                   + (f"-c{max_chars}" if max_chars != 1500 else "") + ".npz")
+                             + (f"-c{max_chars}" if max_chars != 1500 else "") + tag + ".npz")
     if cache.is_file():
         z = np.load(cache)
     else:
@@ -155,41 +178,57 @@ def append(path: Path, rec: dict[str, Any]) -> None:
 def table(runs: list[dict[str, Any]], keys=("recall@20", "ndcg@20")) -> str:
     groups: dict[tuple, list] = {}
     for r in runs:
-        groups.setdefault((r.get("dataset", ""), r["backbone"], r["variant"]), []).append(r)
-    lines = ["| data | backbone | variant | seeds | " + " | ".join(f"test {k}" for k in keys)
-             + " | epochs |", "|---|---|---|---|" + "---|" * len(keys) + "---|"]
-    for (d, b, v), rs in groups.items():
+        groups.setdefault((r.get("dataset", ""), r.get("semantic", "minilm"), r["backbone"],
+                           r["variant"]), []).append(r)
+    lines = ["| data | vectors | backbone | variant | seeds | " + " | ".join(f"test {k}" for k in keys)
+             + " | epochs |", "|---|---|---|---|---|" + "---|" * len(keys) + "---|"]
+    for (d, s, b, v), rs in groups.items():
         cells = []
         for k in keys:
             vals = [r["test"][k] for r in rs]
             sd = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
             cells.append(f"{np.mean(vals):.4f} ± {sd:.4f}")
         ep = "/".join(str(r["epochs"]) for r in rs)
-        lines.append(f"| {d} | {b} | {v} | {len(rs)} | " + " | ".join(cells) + f" | {ep} |")
+        lines.append(f"| {d} | {s} | {b} | {v} | {len(rs)} | " + " | ".join(cells) + f" | {ep} |")
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- suites
+def vectors(ds: Any, dname: str, source: str = "minilm") -> SemanticVectors:
+    """The semantic vectors of ``--semantic`` for a loaded dataset, matched by original key."""
+    if source == "minilm":
+        # real data: shorter texts (10 training-item titles per user, 400 characters) keep
+        # MiniLM on one shared CPU core within minutes
+        return (minilm_vectors(ds, dname) if dname.startswith("synthetic")
+                else minilm_vectors(ds, dname, user_items=10, max_chars=400))
+    from recalign.align.semantic import load_semantic
+
+    path = str(SNAPSHOTS.get(source, source))
+    return load_semantic(path, path, ds.user_map, ds.item_map)
+
+
 def suite_runs(args: argparse.Namespace, datasets: list[str], variants: list[str],
                out: Path, align_params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     runs = []
     for dname in datasets:
         ds, data = load(dname)
-        # real data: shorter texts (10 training-item titles per user, 400 characters) keep
-        # MiniLM on one shared CPU core within minutes
-        sem = (minilm_vectors(ds, dname) if dname == "synthetic"
-               else minilm_vectors(ds, dname, user_items=10, max_chars=400))
+        sem = vectors(ds, dname, args.semantic)
         log(f"{dname}: {data.n_users} users x {data.n_items} items, train {data.train.nnz}; "
-            f"vectors {sem.summary}")
+            f"vectors ({args.semantic}) {sem.summary}")
         for backbone in args.backbones:
             if backbone not in known_backbones():
                 log(f"skip backbone {backbone}: not registered")
                 continue
             for seed in args.seeds:
                 for variant in variants:
+                    ap = align_params
+                    if ap and set(ap) <= {"con", "gen", "darec"}:  # per method
+                        ap = ap.get(variant.removeprefix("shuffled-"))
                     r = run_one(data, sem, backbone, variant, seed, args.max_epochs,
-                                args.threads, align_params)
+                                args.threads, ap)
                     r["dataset"] = dname
+                    r["semantic"] = args.semantic
+                    r["semantic_summary"] = sem.summary
                     append(out, r)
                     runs.append(r)
                     log(f"{dname} {backbone} {variant} seed {seed}: test R@20 "
@@ -255,17 +294,41 @@ def suite_cost(args: argparse.Namespace) -> None:
         indent=2))
 
 
+#: staged grids of the ``search`` suite (one key at a time, the best value kept for the next)
+GRIDS: dict[str, list[tuple[str, list[Any]]]] = {
+    "darec": [("weight", [1e-6, 1e-5, 1e-4]), ("k", [4, 16, 64]),
+              ("n_sample", [256, 1024, 4096]), ("width", [16, 32, 64])],
+    "con": [("kd_weight", [0.003, 0.01, 0.03, 0.1, 0.5, 2.0]), ("tau", [0.1, 0.2, 0.5])],
+    "gen": [("recon_weight", [0.1, 0.5, 2.0]), ("mask_ratio", [0.05, 0.15, 0.3]),
+            ("tau", [0.1, 0.5])],
+}
+
+
 def suite_search(args: argparse.Namespace) -> None:
-    """Staged grid on validation Recall@20 (one seed): lambda, then K, N-hat, width."""
-    ds, data = load(args.datasets[0])
-    sem = (minilm_vectors(ds, args.datasets[0]) if args.datasets[0] == "synthetic"
-           else minilm_vectors(ds, args.datasets[0], user_items=10, max_chars=400))
+    """Staged grid on validation Recall@20 (one seed) for ``--method``: one key at a time.
+
+    DaRec starts from :data:`DAREC_DEFAULT`, Con/Gen from the backbone's Amazon-book preset.
+    Every run and the final choice (``{"choice": ..., "method": ..., "dataset": ...}``) are
+    appended to ``alignment_search.jsonl``; the ``real`` suite reads the last DaRec choice."""
+    dname, method = args.datasets[0], args.method
+    ds, data = load(dname)
+    sem = vectors(ds, dname, args.semantic)
     out = OUT / "alignment_search.jsonl"
-    best = dict(DAREC_DEFAULT)
-    grid = [("weight", [0.01, 0.1, 1.0]), ("k", [4, 16, 64]), ("n_sample", [256, 1024, 4096]),
-            ("width", [16, 32, 64])]
+    best: dict[str, Any] = (dict(DAREC_DEFAULT) if method == "darec"
+                            else dict(resolve(METHOD[method], args.backbones[0], PRESET)["align"]))
+    base = run_one(data, sem, args.backbones[0], "base", args.seeds[0], args.max_epochs,
+                   args.threads)
+    log(f"search {dname} base: valid R@20 {base['valid']['recall@20']:.4f}")
+    append(out, {**base, "dataset": dname, "method": "none", "semantic": args.semantic})
+    # runs already in the file (same data, vectors, backbone, seed, params) are not redone
     seen: dict[str, float] = {}
-    for key, values in grid:
+    if out.is_file():
+        for r in map(json.loads, out.read_text().splitlines()):
+            if (r.get("method") == method and r.get("dataset") == dname and "valid" in r
+                    and r.get("semantic") == args.semantic and r["seed"] == args.seeds[0]
+                    and r["backbone"] == args.backbones[0]):
+                seen[json.dumps(r["align_params"], sort_keys=True)] = r["valid"]["recall@20"]
+    for key, values in GRIDS[method]:
         if args.search_keys and key not in args.search_keys:
             continue
         scores = {}
@@ -273,17 +336,18 @@ def suite_search(args: argparse.Namespace) -> None:
             p = {**best, key: v}
             tag = json.dumps(p, sort_keys=True)
             if tag not in seen:
-                r = run_one(data, sem, args.backbones[0], "darec", args.seeds[0],
+                r = run_one(data, sem, args.backbones[0], method, args.seeds[0],
                             args.max_epochs, args.threads, p)
-                r["dataset"] = args.datasets[0]
+                r.update(dataset=dname, method=method, semantic=args.semantic)
                 append(out, r)
                 seen[tag] = r["valid"]["recall@20"]
-                log(f"search {p}: valid R@20 {seen[tag]:.4f} ({r['epochs']} ep)")
+                log(f"search {method} {p}: valid R@20 {seen[tag]:.4f} ({r['epochs']} ep)")
             scores[v] = seen[tag]
         best[key] = max(scores, key=lambda v: scores[v])
         log(f"chose {key} = {best[key]} ({scores})")
-    log(f"DaRec choice: {best}")
-    append(out, {"choice": best})
+    log(f"{method} choice: {best}")
+    append(out, {"choice": best, "method": method, "dataset": dname,
+                 "semantic": args.semantic, "base_valid": base["valid"]["recall@20"]})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,16 +363,24 @@ def main(argv: list[str] | None = None) -> int:
                     "instead of whole epochs (each includes sampling one epoch's negatives)")
     ap.add_argument("--bf16", action="store_true", help="cost: also time bf16 autocast heads")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--semantic", default="minilm", help="vectors: minilm (this script's "
+                    "MiniLM of raw text), profiles / raw (the LLM stage's MovieLens snapshots), "
+                    "or an embedding snapshot folder")
     ap.add_argument("--search-keys", nargs="*", default=None,
-                    help="search: only these DaRec keys (weight, k, n_sample, width)")
+                    help="search: only these keys (see GRIDS)")
+    ap.add_argument("--method", choices=sorted(GRIDS), default="darec",
+                    help="search: which alignment's weights to search")
     ap.add_argument("--darec", type=str, default=None, help="JSON overrides of DaRec params")
     ap.add_argument("--align-params", type=str, default=None, help="JSON overrides of the "
-                    "alignment params of every aligned variant (e.g. stronger weights)")
+                    "alignment params of every aligned variant (e.g. stronger weights), or per "
+                    "method: {\"con\": {...}, \"gen\": {...}, \"darec\": {...}}")
     args = ap.parse_args(argv)
     search = OUT / "alignment_search.jsonl"
-    if args.suite == "real" and search.is_file():  # the recorded choice of the search suite
-        choices = [json.loads(x)["choice"] for x in search.read_text().splitlines()
-                   if '"choice"' in x]
+    if args.suite in ("real", "synthetic") and search.is_file():  # the search's choice
+        # only choices recorded with their method (the first search, before L_glo was the
+        # paper's sum, recorded none and its lambda does not apply)
+        choices = [r["choice"] for r in map(json.loads, search.read_text().splitlines())
+                   if "choice" in r and r.get("method") == "darec"]
         if choices:
             DAREC_DEFAULT.update(choices[-1])
             log(f"DaRec params from the search's choice: {DAREC_DEFAULT}")
@@ -321,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         args.variants = args.variants or ["base", "con", "gen", "darec"]
         suite_cost(args)
     elif args.suite == "search":
-        args.datasets = args.datasets or ["ml"]
+        args.datasets = args.datasets or ["synthetic"]
         suite_search(args)
     elif args.suite == "synthetic":
         suite_runs(args, args.datasets or ["synthetic"],
@@ -332,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         suite_runs(args, args.datasets or ["ml", "sci"],
                    args.variants or ["base", "con", "gen", "darec", "shuffled-con",
                                      "shuffled-gen", "shuffled-darec", "semantic-only"],
-                   OUT / "alignment_real.jsonl")
+                   OUT / "alignment_real.jsonl",
+                   json.loads(args.align_params) if args.align_params else None)
     return 0
 
 

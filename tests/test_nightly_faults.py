@@ -44,14 +44,14 @@ from recalign.pipeline.stages import MarkerStore
 from recalign.storage.snapshot import SnapshotStore, SnapshotWriter
 
 ROOT = Path(__file__).resolve().parents[1]
-N_USERS, N_ITEMS = 300, 200
+N_USERS, N_ITEMS = 150, 100
 
 
 def tiny(root: str, **over: Any) -> dict[str, Any]:
-    """The small synthetic night (no LLM: raw-text embeddings), ~30 s."""
+    """A small synthetic night (no LLM: raw-text embeddings)."""
     cfg = {
         "data": {"source": "synthetic", "name": "tiny",
-                 "synthetic": {"users": N_USERS, "items": N_ITEMS, "interactions": 5000,
+                 "synthetic": {"users": N_USERS, "items": N_ITEMS, "interactions": 2500,
                                "topics": 4, "seed": 3},
                  "split": {"method": "random", "ratios": [0.6, 0.2, 0.2], "seed": 1}},
         "embed": {"source": "raw", "executor": "local"},

@@ -23,7 +23,7 @@ from recalign.jobs import nightly
 from recalign.llm.embedding import LocalEmbedRunner
 from recalign.llm.engine import build_embedding_engine
 from recalign.llm.profiles import LocalRunner
-from recalign.pipeline.stages import MarkerStore, select_stages
+from recalign.pipeline.stages import Marker, MarkerStore, decide, select_stages
 from recalign.storage.snapshot import SnapshotStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +75,26 @@ def test_select_stages_orders_and_validates() -> None:
     assert select_stages(["ingest", "train"], "embed") == []
     with pytest.raises(Exception, match="unknown stage 'trian'"):
         select_stages(all_, "trian")
+
+
+def test_markers_roundtrip_and_distrust_damaged_ones(tmp_path: Path) -> None:
+    store = MarkerStore(str(tmp_path), "ds")
+    assert store.get("train") is None
+    m = Marker("train", "k1", {"embeddings": "v=1"}, "2026-11-22T00:00:00+00:00", 1.5, {"a": 1})
+    store.put(m)
+    assert store.get("train") == m
+    assert not list((tmp_path / "ds" / "nightly").glob(".*"))  # no temp file left behind
+    assert decide("train", "k1", m, {"embeddings": "v=1"}).action == "skip"
+    assert decide("train", "k2", m, {"embeddings": "v=1"}).action == "run"
+    moved = decide("train", "k1", m, {"embeddings": "v=2"})
+    assert moved.action == "run" and "embeddings" in moved.reason
+    path = tmp_path / "ds" / "nightly" / "train.json"
+    path.write_text("{not json")
+    assert store.get("train") is None
+    path.write_text(json.dumps({**m.__dict__, "from_the_future": 1}))
+    assert store.get("train") is None
+    with pytest.raises(ValueError):
+        store.get("../../etc")  # stage names only, never a path
 
 
 def test_plan_skip_and_stage_selection(tmp_path: Path) -> None:

@@ -81,7 +81,10 @@ class MarkerStore:
             return None
         except json.JSONDecodeError:  # not ours or damaged: rerun the stage rather than trust it
             return None
-        return Marker(**raw)
+        try:
+            return Marker(**raw)
+        except TypeError:  # other fields (another version's marker): rerun rather than trust it
+            return None
 
     def put(self, marker: Marker) -> None:
         """Atomic: a temp file renamed into place (local) or one PUT (s3)."""

@@ -37,7 +37,11 @@ Choices: the reference resamples at batch index ``i % fix_steps == 0`` *within* 
 the backbone does not see epoch boundaries, so it counts training steps globally (on
 Amazon-book's 30 batches per epoch the two schedules coincide). The masked graphs are not part
 of the state dict. Seeds are scored on the raw layer-0 rows (before an alignment's layer-0
-hook), the encoder runs on the hooked rows. Full-graph propagation only; shardable ID tables.
+hook), the encoder runs on the hooked rows. Full-graph propagation only: seeds are chosen among
+all nodes and the decoder's random edges join masked nodes anywhere in the graph, which a
+batch's sampled neighbourhood does not hold. Shardable ID tables; under data-parallel training
+the distinct-row means are taken over each worker's share of the batch (tests bound the
+difference).
 """
 
 from __future__ import annotations

@@ -41,6 +41,9 @@ from recalign.data.sampler import BPRBatch
 if TYPE_CHECKING:
     import scipy.sparse as sp
 
+    from recalign.data.subgraph import Subgraph
+    from recalign.tables.collection import IdTables
+
 Layer0Hook = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -58,10 +61,44 @@ class RecOutput:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def layer0_rows(tables: "IdTables", sub: "Subgraph | None"
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer-0 (users, items): every row (full mode) or the subgraph's rows (sampled mode)."""
+    if sub is None:
+        return tables.all_rows()
+    return tables.lookup(sub.user_ids, sub.item_ids, sub.lookup_batch)
+
+
+def batch_rows(batch: BPRBatch, sub: "Subgraph | None"
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """(users, pos, neg, extras): the batch's row indices into the representations a forward
+    produced — global ids in full mode, positions among the subgraph's users / items in sampled
+    mode, where ``extras`` carries the subgraph's global ids for alignments."""
+    if sub is None:
+        return batch.users, batch.pos, batch.neg, {}
+    nu = int(sub.graph.n_users)
+    return (sub.local(batch.users), sub.local(batch.pos + sub.n_users) - nu,
+            sub.local(batch.neg + sub.n_users) - nu,
+            {"user_ids": sub.user_ids, "item_ids": sub.item_ids})
+
+
 class Backbone(nn.Module, abc.ABC):
-    """Base class of CF backbones; subclasses register with :func:`recalign.models.registry.register_backbone`."""
+    """Base class of CF backbones; subclasses register with :func:`recalign.models.registry.register_backbone`.
+
+    Sampled propagation (``train.propagation.mode: sampled``) is offered by backbones whose
+    ``build`` takes ``full_graph``; their ``rec_forward`` then receives a
+    :class:`recalign.data.subgraph.SampledBatch`. Exact inference in that mode runs the linear
+    propagation layer by layer over the adjacency (``self_loops``) and combines the layers
+    with :meth:`combine_layers`.
+    """
 
     name: ClassVar[str] = ""
+    #: the propagation adjacency has self-loops (GCCF); sampled mode samples from the same one
+    self_loops: ClassVar[bool] = False
+
+    def combine_layers(self, layers: list[torch.Tensor]) -> torch.Tensor:
+        """Final representation from layer outputs ``[E0, …, EL]`` (sum; GCCF concatenates)."""
+        return torch.stack(layers).sum(0)
 
     def __init__(self, n_users: int, n_items: int) -> None:
         super().__init__()

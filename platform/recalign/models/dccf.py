@@ -19,8 +19,11 @@ As RLMRec's reference (HKUDS/RLMRec ``general_cf/dccf.py``, ``dccf.yml``), resta
   (in-batch), temperature τ; every term — the item terms too — is divided by the number of
   unique users (the reference's normalisation, kept for reproduction).
 
-No edge dropout. Full-graph propagation only (the adaptive masks need every edge of the
-node's neighbourhood); shardable ID tables; the intents are dense parameters.
+No edge dropout. Full-graph propagation only (the adaptive masks are row-normalised over every
+edge of a node's neighbourhood; on a sampled neighbourhood they would be a different
+operator); shardable ID tables; the intents are dense parameters. Under data-parallel training
+(``train.workers > 1``) each worker's in-batch InfoNCE candidates are its own share of the
+batch, as in DDP training of any in-batch contrastive loss (tests bound the difference).
 """
 
 from __future__ import annotations

@@ -18,8 +18,11 @@ reference ``cal_loss`` always propagates on the full adjacency, so the published
 obtained without it. The preset carries ``keep_rate 0.8`` and ``edge_dropout False`` (the
 code's behaviour); ``edge_dropout: true`` applies the 0.8 keep rate as in LightGCN.
 
-Propagation modes: full graph only (the sampled-subgraph mode is not implemented for any
-backbone yet); ID tables are :class:`recalign.tables.IdTables`, so sharded tables work.
+Propagation modes: full graph, and sampled (``train.propagation.mode: sampled``): each batch
+propagates over the fan-out neighbourhood of its nodes sampled from the *self-looped* adjacency
+(``self_loops``), so a node's self-loop is one of its sampled edges; exact inference
+concatenates the layers (:meth:`combine_layers`). ID tables are
+:class:`recalign.tables.IdTables`, so sharded tables work.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recalign.data.graph import NormalizedGraph, normalized_adjacency, propagate
 from recalign.data.sampler import BPRBatch
-from recalign.models.base import Backbone, Layer0Hook, RecOutput
+from recalign.data.subgraph import Subgraph
+from recalign.models.base import Backbone, Layer0Hook, RecOutput, batch_rows, layer0_rows
 from recalign.models.contrastive import bpr_loss, pick_rows
 from recalign.models.registry import register_backbone, resolve_params
 from recalign.tables.collection import IdTables
@@ -65,44 +69,62 @@ PRESETS: dict[str, dict[str, object]] = {
 class GCCF(Backbone):
     Params: ClassVar[type[BaseModel]] = GCCFParams
     PRESETS: ClassVar[dict[str, dict[str, object]]] = PRESETS
+    self_loops: ClassVar[bool] = True
 
-    def __init__(self, graph: NormalizedGraph, params: GCCFParams | None = None, *,
+    def __init__(self, graph: NormalizedGraph | None, params: GCCFParams | None = None, *,
                  optimizer: TableOptimizerSpec | None = None,
-                 tables: IdTables | None = None) -> None:
-        super().__init__(graph.n_users, graph.n_items)
+                 tables: IdTables | None = None, n_users: int | None = None,
+                 n_items: int | None = None) -> None:
+        # graph None: sampled mode, every training batch carries its subgraph
+        super().__init__(graph.n_users if graph is not None else int(n_users),  # type: ignore[arg-type]
+                         graph.n_items if graph is not None else int(n_items))  # type: ignore[arg-type]
         self.params = params or GCCFParams()
         self.graph = graph
         self.tables = tables if tables is not None else IdTables(
-            graph.n_users, graph.n_items, self.params.dim, optimizer=optimizer)
+            self.n_users, self.n_items, self.params.dim, optimizer=optimizer)
         self.out_dim = self.params.dim * (self.params.layers + 1)
 
     @classmethod
     def build(cls, train: sp.spmatrix, params: GCCFParams | dict | None = None, *,
-              preset: str | None = None,
-              optimizer: TableOptimizerSpec | None = None) -> "GCCF":
+              preset: str | None = None, optimizer: TableOptimizerSpec | None = None,
+              full_graph: bool = True) -> "GCCF":
         p = resolve_params("gccf", GCCFParams, PRESETS, params, preset)
+        if not full_graph:
+            return cls(None, p, optimizer=optimizer, n_users=train.shape[0],
+                       n_items=train.shape[1])
         return cls(normalized_adjacency(train, self_loops=True), p, optimizer=optimizer)
 
-    def _final(self, layer0_hook: Layer0Hook | None):
-        u0, i0 = self.tables.all_rows()
+    def combine_layers(self, layers: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(layers, dim=-1)
+
+    def _final(self, layer0_hook: Layer0Hook | None, sub: Subgraph | None = None):
+        graph = self.graph if sub is None else sub.graph
+        if graph is None:
+            raise RuntimeError("GCCF built for sampled propagation: pass a subgraph")
+        u0, i0 = layer0_rows(self.tables, sub)
         ego = torch.cat([u0, i0], 0)
         if layer0_hook is not None:
             ego = layer0_hook(ego)
         values = None
         if self.training and self.params.edge_dropout and self.params.keep_rate < 1.0:
-            values = self.graph.edge_dropout(self.params.keep_rate)
-        final = torch.cat(propagate(self.graph, ego, self.params.layers, values), dim=-1)
-        return u0, i0, final[: self.n_users], final[self.n_users:]
+            values = graph.edge_dropout(self.params.keep_rate)
+        final = self.combine_layers(propagate(graph, ego, self.params.layers, values))
+        nu = u0.shape[0]
+        return u0, i0, final[:nu], final[nu:]
 
     def forward(self, layer0_hook: Layer0Hook | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         _, _, u, i = self._final(layer0_hook)
         return u, i
 
     def rec_forward(self, batch: BPRBatch, layer0_hook: Layer0Hook | None = None) -> RecOutput:
-        u0, i0, users_all, items_all = self._final(layer0_hook)
-        u, p, n = pick_rows(users_all, items_all, batch.users, batch.pos, batch.neg)
+        """Full mode: all nodes; a :class:`SampledBatch`: its subgraph's nodes (as LightGCN)."""
+        sub = getattr(batch, "subgraph", None)
+        u0, i0, users_all, items_all = self._final(layer0_hook, sub)
+        bu, bp, bn, extras = batch_rows(batch, sub)
+        u, p, n = pick_rows(users_all, items_all, bu, bp, bn)
         bpr = bpr_loss(u, p, n)
         reg = self.params.reg_weight * (u0.square().sum() + i0.square().sum())
         losses = {"loss": bpr + reg, "bpr": bpr.detach(), "reg": reg.detach()}
         return RecOutput(losses=losses, users=u, pos=p, neg=n, all_users=users_all,
-                         all_items=items_all, batch=batch, layer0_users=u0, layer0_items=i0)
+                         all_items=items_all, batch=batch, layer0_users=u0, layer0_items=i0,
+                         extras=extras)

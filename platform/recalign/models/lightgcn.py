@@ -39,7 +39,7 @@ from recalign.data.graph import NormalizedGraph, normalized_adjacency, spmm
 from recalign.data.sampler import BPRBatch
 from recalign.data.subgraph import Subgraph
 from recalign.errors import ConfigError
-from recalign.models.base import Backbone, Layer0Hook, RecOutput
+from recalign.models.base import Backbone, Layer0Hook, RecOutput, batch_rows, layer0_rows
 from recalign.models.registry import register_backbone
 from recalign.tables.collection import IdTables
 from recalign.tables.optim import TableOptimizerSpec
@@ -134,12 +134,8 @@ class LightGCN(Backbone):
     def _final(self, layer0_hook: Layer0Hook | None, sub: Subgraph | None = None):
         """(layer-0 users, layer-0 items, final users, final items): of all nodes (full mode)
         or of the subgraph's nodes (``sub``, sampled mode) — the same propagation code."""
-        if sub is None:
-            u0, i0 = self.tables.all_rows()
-            graph = None
-        else:
-            u0, i0 = self.tables.lookup(sub.user_ids, sub.item_ids, sub.lookup_batch)
-            graph = sub.graph
+        u0, i0 = layer0_rows(self.tables, sub)
+        graph = None if sub is None else sub.graph
         nu = u0.shape[0]
         ego = torch.cat([u0, i0], 0)
         if layer0_hook is not None:
@@ -163,14 +159,7 @@ class LightGCN(Backbone):
         covers the rows looked up for the step."""
         sub = getattr(batch, "subgraph", None)
         u0, i0, users_all, items_all = self._final(layer0_hook, sub)
-        extras: dict[str, torch.Tensor] = {}
-        if sub is None:
-            bu, bp, bn = batch.users, batch.pos, batch.neg
-        else:
-            bu = sub.local(batch.users)
-            bp = sub.local(batch.pos + sub.n_users) - u0.shape[0]
-            bn = sub.local(batch.neg + sub.n_users) - u0.shape[0]
-            extras = {"user_ids": sub.user_ids, "item_ids": sub.item_ids}
+        bu, bp, bn, extras = batch_rows(batch, sub)
         # index_select: its backward (index_add_) is deterministic on CPU, unlike the backward
         # of advanced indexing (index_put_ with parallel atomic adds when threads > 1)
         u = users_all.index_select(0, bu)

@@ -68,6 +68,7 @@ def get_backbone(name: str) -> type[Backbone]:
 
 
 def build_backbone(name: str, train: Any, params: Any = None, *, preset: str | None = None,
-                   optimizer: Any = None) -> Backbone:
-    """``get_backbone(name).build(train, params, preset=..., optimizer=...)``."""
-    return get_backbone(name).build(train, params, preset=preset, optimizer=optimizer)
+                   optimizer: Any = None, **kwargs: Any) -> Backbone:
+    """``get_backbone(name).build(train, params, preset=..., optimizer=..., **kwargs)``
+    (``full_graph=False``: sampled propagation, for the backbones that offer it)."""
+    return get_backbone(name).build(train, params, preset=preset, optimizer=optimizer, **kwargs)

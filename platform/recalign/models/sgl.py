@@ -24,7 +24,12 @@ The layer-0 hook (alignment) is applied once per step and the same rewritten lay
 three forwards. The representations handed to alignments are the clean forward's.
 :class:`SGL` builds the clean forward and the views with one ``_encode``; a subclass changes
 only ``_augmentation`` (SimGCL: per-layer noise instead of edge dropout).
-Full-graph propagation only; ID tables are :class:`recalign.tables.IdTables` (shardable).
+Propagation modes: full graph, and sampled (``train.propagation.mode: sampled``): the clean
+forward and both views propagate over the batch's sampled fan-out neighbourhood (SGL drops
+edges of that subgraph), and the InfoNCE candidates are the subgraph's users / items instead of
+all nodes — a cheaper, neighbourhood-restricted contrast (an approximation of the paper's
+all-node denominator, which sampled mode exists to avoid). ID tables are
+:class:`recalign.tables.IdTables` (shardable).
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recalign.data.graph import NormalizedGraph, normalized_adjacency, propagate
 from recalign.data.sampler import BPRBatch
-from recalign.models.base import Backbone, Layer0Hook, RecOutput
+from recalign.data.subgraph import Subgraph
+from recalign.models.base import Backbone, Layer0Hook, RecOutput, batch_rows, layer0_rows
 from recalign.models.contrastive import batch_view_info_nce, bpr_loss, pick_rows
 from recalign.models.registry import register_backbone, resolve_params
 from recalign.tables.collection import IdTables
@@ -82,62 +88,80 @@ class SGL(Backbone):
     #: include the negative items' InfoNCE term (SGL: yes; SimGCL: no)
     cl_on_negatives: ClassVar[bool] = True
 
-    def __init__(self, graph: NormalizedGraph, params: BaseModel | None = None, *,
+    def __init__(self, graph: NormalizedGraph | None, params: BaseModel | None = None, *,
                  optimizer: TableOptimizerSpec | None = None,
-                 tables: IdTables | None = None) -> None:
-        super().__init__(graph.n_users, graph.n_items)
+                 tables: IdTables | None = None, n_users: int | None = None,
+                 n_items: int | None = None) -> None:
+        # graph None: sampled mode, every training batch carries its subgraph
+        super().__init__(graph.n_users if graph is not None else int(n_users),  # type: ignore[arg-type]
+                         graph.n_items if graph is not None else int(n_items))  # type: ignore[arg-type]
         self.params = params or self.Params()
         self.graph = graph
         self.tables = tables if tables is not None else IdTables(
-            graph.n_users, graph.n_items, self.params.dim, optimizer=optimizer)
+            self.n_users, self.n_items, self.params.dim, optimizer=optimizer)
         self.out_dim = self.params.dim
 
     @classmethod
     def build(cls, train: sp.spmatrix, params: BaseModel | dict | None = None, *,
-              preset: str | None = None,
-              optimizer: TableOptimizerSpec | None = None) -> "SGL":
+              preset: str | None = None, optimizer: TableOptimizerSpec | None = None,
+              full_graph: bool = True) -> "SGL":
         p = resolve_params(cls.name, cls.Params, cls.PRESETS, params, preset)
+        if not full_graph:
+            return cls(None, p, optimizer=optimizer, n_users=train.shape[0],
+                       n_items=train.shape[1])
         return cls(normalized_adjacency(train), p, optimizer=optimizer)
 
     # ------------------------------------------------------------------ views
-    def _split(self, final: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return final[: self.n_users], final[self.n_users:]
+    def _encode(self, ego: torch.Tensor, view: bool, graph: NormalizedGraph | None = None,
+                n_users: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum of layers 0..L on ``graph`` (default: the full graph; ``view`` False) or on one
+        augmented view of it; (users, items) split at ``n_users`` (the graph's user rows)."""
+        graph = self._graph(None) if graph is None else graph
+        n_users = self.n_users if n_users is None else n_users
+        kwargs = self._augmentation(graph) if view else {}
+        final = self.combine_layers(propagate(graph, ego, self.params.layers, **kwargs))
+        return final[:n_users], final[n_users:]
 
-    def _encode(self, ego: torch.Tensor, view: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sum of layers 0..L on the full graph (``view`` False) or on one augmented view."""
-        kwargs = self._augmentation() if view else {}
-        return self._split(torch.stack(
-            propagate(self.graph, ego, self.params.layers, **kwargs)).sum(0))
-
-    def _augmentation(self) -> dict:
+    def _augmentation(self, graph: NormalizedGraph) -> dict:
         """``propagate`` arguments of one augmented view: SGL drops edges (a fresh mask per view,
         shared by its layers); subclasses override (SimGCL perturbs each layer)."""
-        return {"values": self.graph.edge_dropout(self.params.keep_rate)}
+        return {"values": graph.edge_dropout(self.params.keep_rate)}
 
-    def _ego(self, layer0_hook: Layer0Hook | None):
-        u0, i0 = self.tables.all_rows()
+    def _ego(self, layer0_hook: Layer0Hook | None, sub: Subgraph | None = None):
+        u0, i0 = layer0_rows(self.tables, sub)
         ego = torch.cat([u0, i0], 0)
         if layer0_hook is not None:
             ego = layer0_hook(ego)
         return u0, i0, ego
 
+    def _graph(self, sub: Subgraph | None) -> NormalizedGraph:
+        graph = self.graph if sub is None else sub.graph
+        if graph is None:
+            raise RuntimeError(f"{self.name} built for sampled propagation: pass a subgraph")
+        return graph
+
     def forward(self, layer0_hook: Layer0Hook | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return self._encode(self._ego(layer0_hook)[2], view=False)
 
     def rec_forward(self, batch: BPRBatch, layer0_hook: Layer0Hook | None = None) -> RecOutput:
-        u0, i0, ego = self._ego(layer0_hook)
-        users_all, items_all = self._encode(ego, view=False)
-        u, p, n = pick_rows(users_all, items_all, batch.users, batch.pos, batch.neg)
+        sub = getattr(batch, "subgraph", None)
+        graph = self._graph(sub)
+        u0, i0, ego = self._ego(layer0_hook, sub)
+        nu = u0.shape[0]
+        users_all, items_all = self._encode(ego, False, graph, nu)
+        bu, bp, bn, extras = batch_rows(batch, sub)
+        u, p, n = pick_rows(users_all, items_all, bu, bp, bn)
         bpr = bpr_loss(u, p, n)
         reg = self.params.reg_weight * (u0.square().sum() + i0.square().sum())
         losses = {"bpr": bpr, "reg": reg}
         loss = bpr + reg
         if self.params.cl_weight > 0:
             cl = self.params.cl_weight * batch_view_info_nce(
-                self._encode(ego, view=True), self._encode(ego, view=True), batch.users, batch.pos,
-                batch.neg if self.cl_on_negatives else None, self.params.temperature)
+                self._encode(ego, True, graph, nu), self._encode(ego, True, graph, nu), bu, bp,
+                bn if self.cl_on_negatives else None, self.params.temperature)
             losses["cl"] = cl
             loss = loss + cl
         out = {"loss": loss, **{k: v.detach() for k, v in losses.items()}}
         return RecOutput(losses=out, users=u, pos=p, neg=n, all_users=users_all,
-                         all_items=items_all, batch=batch, layer0_users=u0, layer0_items=i0)
+                         all_items=items_all, batch=batch, layer0_users=u0, layer0_items=i0,
+                         extras=extras)

@@ -12,7 +12,7 @@ As RLMRec's reference (HKUDS/RLMRec ``general_cf/simgcl.py``, ``simgcl.yml``), r
   not deduplicated, summed / batch size × ``cl_weight``; L2 over both full tables.
 
 Reuses :class:`recalign.models.sgl.SGL` (same encoder, loss assembly and InfoNCE); only the view
-and the negative-item term differ. Full-graph propagation only; shardable ID tables.
+and the negative-item term differ. Full and sampled propagation as SGL; shardable ID tables.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, Field
 
+from recalign.data.graph import NormalizedGraph
 from recalign.models.augment import uniform_noise
 from recalign.models.registry import register_backbone
 from recalign.models.sgl import SGL, GraphCLParams, graph_cl_presets
@@ -43,6 +44,6 @@ class SimGCL(SGL):
     PRESETS: ClassVar[dict[str, dict[str, object]]] = PRESETS
     cl_on_negatives: ClassVar[bool] = False
 
-    def _augmentation(self) -> dict:
+    def _augmentation(self, graph: NormalizedGraph) -> dict:
         eps = self.params.eps
         return {"after_layer": lambda h: h + uniform_noise(h, eps)}

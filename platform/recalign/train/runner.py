@@ -217,7 +217,8 @@ def run_training(inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> dict[st
     if sampled:
         from recalign.data.subgraph import NeighbourSampler
 
-        nsampler = NeighbourSampler(data.train, t.propagation.fanout, params.get("layers", 1))
+        nsampler = NeighbourSampler(data.train, t.propagation.fanout, params.get("layers", 1),
+                                    self_loops=cls.self_loops)
 
     dmp = None
     if d.distributed:
@@ -365,14 +366,15 @@ def run_training(inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> dict[st
                 adj_block = a[lo:hi]
             h = layer0_block(lo, hi)
             d.all_reduce(h)
-            acc = h.clone()
+            out = [h]
             for _ in range(params.get("layers", 0)):
                 nxt = torch.zeros_like(h)
                 nxt[lo:hi] = torch.from_numpy(np.asarray(adj_block @ h.numpy(), dtype=np.float32))
                 d.all_reduce(nxt)
                 h = nxt
-                acc += h
-            return acc[:n_users], acc[n_users:]
+                out.append(h)
+            final = net.combine_layers(out)  # the backbone's own combination (sum, concat)
+            return final[:n_users], final[n_users:]
         finally:
             net.train()
 

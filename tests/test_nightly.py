@@ -270,3 +270,33 @@ def test_two_nights_on_grown_data_count_llm_and_embedding_calls(tmp_path: Path, 
     assert night3["ran"] == []
     assert vllm_engine.requests_made == calls2 and embed.texts == texts2
     assert {a: store.latest_version("texty", a) for a in v1} == v2
+
+
+def test_report_from_markers(tmp_path: Path) -> None:
+    """The demo report is built from the stages' markers (what ran when) and tonight's
+    actions: base vs aligned with the relative gain, LLM accounting, index recall."""
+    from recalign.pipeline.report import gather, table_rows, write_report
+    from recalign.pipeline.stages import Marker, MarkerStore
+
+    store = MarkerStore(str(tmp_path), "ds")
+    base = {"test": {"recall@20": 0.40, "ndcg@20": 0.20}}
+    aligned = {"test": {"recall@20": 0.42, "ndcg@20": 0.19}}
+    store.put(Marker("profiles", "k1", {"profiles-items": "v=1"}, "t", 12.5,
+                     {"requests": 10, "ok": 9, "failed": 1, "prompt_tokens": 300,
+                      "completion_tokens": 40}))
+    store.put(Marker("train", "k2", {"embeddings": "v=2"}, "t", 30.0,
+                     {"base": base, "aligned": aligned}))
+    fig = gather(str(tmp_path), "ds", {"stages": [{"stage": "train", "action": "skip",
+                                                    "seconds": 0.1}], "seconds": 1.5})
+    by = {s["stage"]: s for s in fig["stages"]}
+    assert by["train"] == {"stage": "train", "action": "skip", "seconds_tonight": 0.1,
+                           "seconds_when_run": 30.0}
+    assert by["ingest"]["seconds_when_run"] is None and fig["export"] == {}
+    rows = dict(table_rows(fig))
+    assert rows["test recall@20: base / aligned"] == "0.4 / 0.42 (+5.0 %)"
+    assert rows["test ndcg@20: base / aligned"] == "0.2 / 0.19 (-5.0 %)"
+    assert rows["LLM requests (ok / failed)"] == "10 (9 / 1)"
+    uri = write_report(str(tmp_path), "ds", fig)
+    text = Path(uri).read_text()
+    assert "| test recall@20: base / aligned | 0.4 / 0.42 (+5.0 %) |" in text
+    assert (tmp_path / "ds" / "report" / "metrics.png").read_bytes()[:4] == b"\x89PNG"

@@ -19,18 +19,22 @@ METRICS = ("recall@20", "ndcg@20", "recall@10", "ndcg@10")
 
 def gather(root: str, dataset: str, night: dict[str, Any]) -> dict[str, Any]:
     """Figures of the last completed run of every stage, plus tonight's actions and times."""
-    markers = MarkerStore(root, dataset)
+    store = MarkerStore(root, dataset)
+    markers = {s: store.get(s) for s in STAGES}  # each marker read once
     tonight = {r["stage"]: r for r in night.get("stages", [])}
     stages = []
     for s in STAGES:
-        m = markers.get(s)
+        m = markers[s]
         r = tonight.get(s, {})
         stages.append({"stage": s, "action": r.get("action", "-"),
                        "seconds_tonight": r.get("seconds", 0.0),
                        "seconds_when_run": m.seconds if m else None})
-    prof = (markers.get("profiles").summary if markers.get("profiles") else {})
-    train = (markers.get("train").summary if markers.get("train") else {})
-    export = (markers.get("export").summary if markers.get("export") else {})
+
+    def summary(stage: str) -> dict[str, Any]:
+        m = markers.get(stage)
+        return m.summary if m else {}
+
+    prof, train, export = summary("profiles"), summary("train"), summary("export")
     return {"dataset": dataset, "stages": stages, "llm": prof, "train": train, "export": export,
             "night_seconds": night.get("seconds")}
 

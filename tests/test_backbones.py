@@ -70,6 +70,12 @@ def planted(rng: np.random.Generator, n_users: int = 300, n_items: int = 150,
     return CFData(*mats)
 
 
+def popularity_recall(data: CFData) -> float:
+    """Test Recall@20 of ranking by training popularity (the bar a trained model must clear)."""
+    pop = torch.from_numpy(np.asarray(data.train.sum(0)).ravel().astype(np.float32))
+    return evaluate(lambda u: pop.repeat(len(u), 1), data.test, data.train)["recall@20"]
+
+
 def first_batch(train: sp.csr_matrix, size: int = 16):
     return next(BPRSampler(train).epoch(np.random.default_rng(0), size))
 
@@ -576,6 +582,7 @@ def test_sampled_mode_trains_and_exports_exact_representations(tmp_path, name):
     full-graph representations of the trained layer-0 rows (checked against a full-mode model
     loaded with the exported layer-0 tables: self-loops and layer combination per backbone)."""
     from recalign.config import load_config
+    from recalign.data.ingest import load_dataset
     from recalign.jobs import train as train_job
     from recalign.storage.snapshot import SnapshotStore
 
@@ -584,22 +591,20 @@ def test_sampled_mode_trains_and_exports_exact_representations(tmp_path, name):
         "data.source=synthetic", "data.synthetic.users=300", "data.synthetic.items=200",
         "data.synthetic.interactions=6000", "data.synthetic.seed=3",
         f"model.backbone={name}", f"model.params={{dim: 8, layers: 2, {extra}}}",
-        "train.batch_size=512", "train.eval_every=2", "train.max_epochs=6",
-        "train.optimizer={name: adam, lr: 0.01}",
+        "train.batch_size=512", "train.eval_every=2", "train.max_epochs=12",
+        "train.optimizer={name: adam, lr: 0.02}",
         "train.propagation={mode: sampled, fanout: [6, 6]}", f"output.root={tmp_path}"])
     out = train_job.run(cfg, None)
     assert out["propagation"] == "sampled"
-    assert out["test"]["recall@20"] > 0.15, out["test"]  # popularity ≈ .10 on this set
+    data = CFData.from_dataset(load_dataset(cfg.data))
+    # measured: lightgcn .46, gccf .41, sgl .39 against popularity .24 (same in full mode)
+    assert out["test"]["recall@20"] > popularity_recall(data) + 0.1, out["test"]
     snap = SnapshotStore(str(tmp_path)).open("synthetic-u300-i200-n6000-s3", "embeddings")
 
     def rows(table: str) -> torch.Tensor:
         t = snap.read_table(table).sort_by("id")
         return torch.tensor(np.stack(t["vector"].to_numpy(zero_copy_only=False)))
 
-    from recalign.data.ingest import load_dataset
-    from recalign.train.loop import CFData
-
-    data = CFData.from_dataset(load_dataset(cfg.data))
     full = build_backbone(name, data.train, {"dim": 8, "layers": 2})
     with torch.no_grad():
         u0, i0 = full.tables.weights()

@@ -12,7 +12,10 @@ their own semantic vectors::
     recon = recon_weight * mean_i -log( exp(x_i.y_i/tau) / (sum_j exp(x_i.y_j/tau) + 1e-8) + 1e-8 )
 
 Masked nodes without a semantic vector are masked (the mask is over all nodes) but left out of
-the reconstruction. ``reg_weight`` is the reference's L2 over the module's own parameters
+the reconstruction. Under sampled propagation the hook receives the step's subgraph rows: the
+same fraction of *those* nodes is masked and their semantic vectors are found through the
+subgraph's global ids (``RecOutput.extras``) — the reference's all-node masking restricted to the
+nodes the step propagates. ``reg_weight`` is the reference's L2 over the module's own parameters
 (mask token and MLP), defaulting to the backbone's.
 """
 
@@ -66,7 +69,9 @@ class RLMRecGen(Alignment):
         sem, mask = semantic.all_nodes()
         self.register_buffer("sem", sem, persistent=False)
         self.register_buffer("has_sem", mask, persistent=False)
+        self.n_users = semantic.n_users
         self._seeds: torch.Tensor | None = None
+        self._rows = 0
 
     @classmethod
     def build(cls, semantic: SemanticVectors, dim: int, params: dict | GenParams | None = None,
@@ -79,26 +84,39 @@ class RLMRecGen(Alignment):
 
     def layer0_hook(self, layer0: torch.Tensor) -> torch.Tensor:
         n = layer0.shape[0]
-        if n != self.sem.shape[0]:
-            raise ValueError(f"layer-0 table has {n} rows, semantic vectors cover "
-                             f"{self.sem.shape[0]} users+items")
         k = max(int(n * self.params.mask_ratio), 1)
         seeds = torch.randperm(n, device=layer0.device)[:k]
-        self._seeds = seeds
+        self._seeds, self._rows = seeds, n
         return layer0.index_copy(0, seeds, self.mask_token.expand(k, -1).to(layer0.dtype))
+
+    def _masked_nodes(self, out: Any, seeds: torch.Tensor) -> torch.Tensor:
+        """Global node ids (users, then items offset by n_users) of the masked rows."""
+        extras = getattr(out, "extras", None) or {}
+        if "user_ids" in extras:  # sampled propagation: rows are this step's subgraph nodes
+            nodes = torch.cat([extras["user_ids"], extras["item_ids"] + self.n_users])
+        else:
+            nodes = None
+        expected = self.sem.shape[0] if nodes is None else nodes.numel()
+        if self._rows != expected:
+            raise ValueError(f"layer-0 table has {self._rows} rows, expected {expected} "
+                             + ("(the subgraph's nodes)" if nodes is not None
+                                else "(the users+items the semantic vectors cover)"))
+        return seeds if nodes is None else nodes.index_select(0, seeds)
 
     def forward(self, out: Any) -> dict[str, torch.Tensor]:
         seeds, self._seeds = self._seeds, None
         if seeds is None:
             raise RuntimeError("rlmrec-gen: no masked nodes for this step; the training loop "
                                "must pass alignment.layer0_hook to rec_forward")
-        seeds = seeds[self.has_sem[seeds]]
+        nodes = self._masked_nodes(out, seeds)
+        keep = self.has_sem[nodes]
+        seeds, nodes = seeds[keep], nodes[keep]
         losses: dict[str, torch.Tensor] = {}
         if seeds.numel():
             enc = torch.cat([out.all_users, out.all_items], 0).index_select(0, seeds)
             with autocast(self.params.bf16, enc.device):
                 x = self.mlp(enc)
-                recon = ssl_con_loss(x, self.sem[seeds], self.params.tau)
+                recon = ssl_con_loss(x, self.sem[nodes], self.params.tau)
             losses["align_gen"] = self.params.recon_weight * recon.float()
         else:
             losses["align_gen"] = out.all_users.new_zeros(())

@@ -10,7 +10,7 @@ normalisation and ``lam`` the single weight::
     L_uni = U(C_sp) + U(L_sp),  U(x) = log mean_{i<j} exp(-2 |x^_i - x^_j|^2)   uniformity
     L_glo = sum_{ij} (C^_sh C^_sh^T - L^_sh L^_sh^T)_{ij}^2                   global structure
     L_loc = 1/K sum_i (S_ii - 1)^2 + 1/(K^2-K) sum_{i!=j} S_ij^2               local structure
-    L     = lam * (L_or + L_uni + L_glo + L_loc)
+    L     = lam * (L_or + L_uni + L_glo + L_loc)     (term_weights: lam * w_t per term, opt-in)
 
 ``L_glo`` is the paper's ``|S^C - S^L|_F^2`` (a sum over the N-hat^2 pairs) on normalised shared
 parts. With the single ``lam`` of the paper the sum is what sets the weight of the global term
@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from recalign.align.base import Alignment, register_alignment
 from recalign.align.kmeans import MiniBatchKMeans, ReduceFn, greedy_match
@@ -58,7 +58,18 @@ class DaRecParams(BaseModel):
     glo_reduction: Literal["sum", "mean"] = Field(
         "sum", description="L_glo over the N-hat^2 pairs: sum (the paper's squared Frobenius "
         "norm) or mean (divided by N-hat^2)")
+    term_weights: dict[Literal["or", "uni", "glo", "loc"], float] = Field(
+        default_factory=dict, description="extra multiplier per term on top of lambda (default "
+        "1 each: the paper's single lambda); an extension for the search, not in the paper")
     bf16: bool = False
+
+    @field_validator("term_weights")
+    @classmethod
+    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: w for k, w in v.items() if w < 0}
+        if bad:
+            raise ValueError(f"term weights must be >= 0, got {bad}")
+        return v
 
 
 def uniformity(x: torch.Tensor) -> torch.Tensor:
@@ -162,8 +173,8 @@ class DaRec(Alignment):
             e_c, e_l = reps.index_select(0, idx), self.sem[idx]
         parts = self.terms(e_c, e_l)
         self.last_parts = {k: float(v.detach()) for k, v in parts.items()}
-        lam = self.params.weight
-        losses = {f"align_darec_{k}": lam * v for k, v in parts.items()}
+        lam, tw = self.params.weight, self.params.term_weights
+        losses = {f"align_darec_{k}": lam * tw.get(k, 1.0) * v for k, v in parts.items()}
         if self.reg_weight:
             losses["align_reg"] = self.reg_weight * own_l2(self)
         return losses

@@ -60,16 +60,18 @@ def load(path: Path) -> CFData:
 
 
 def table(runs: dict[str, dict]) -> str:
-    lines = ["| backbone | seeds | R@20 mean | paper | target | N@20 mean | paper | target | "
-             "status | median epoch s | epochs (best) per seed |",
+    lines = ["| backbone | seeds | R@20 mean ± sd | paper | target | N@20 mean ± sd | paper | "
+             "target | status | median epoch s | per seed: test R@20, epochs (best) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
     for bb in ORDER:
         rs = [r for r in runs.values() if r["backbone"] == bb]
         if not rs:
             continue
         rs.sort(key=lambda r: r["seed"])
-        rec = float(np.mean([r["test"]["recall@20"] for r in rs]))
-        ndcg = float(np.mean([r["test"]["ndcg@20"] for r in rs]))
+        recs = [r["test"]["recall@20"] for r in rs]
+        ndcgs = [r["test"]["ndcg@20"] for r in rs]
+        rec, ndcg = float(np.mean(recs)), float(np.mean(ndcgs))
+        sd = (lambda v: f" ± {statistics.stdev(v):.4f}" if len(v) > 1 else "")
         pr, pn = PAPER[bb]
         tr, tn = pr * (1 - TOLERANCE), pn * (1 - TOLERANCE)
         ok = rec >= tr and ndcg >= tn
@@ -77,11 +79,20 @@ def table(runs: dict[str, dict]) -> str:
         if any(r["capped"] for r in rs):
             status += f" (capped at {max(r['max_epochs'] for r in rs)} epochs, not converged)"
         ep = statistics.median([t for r in rs for t in r["epoch_times"]])
-        per = ", ".join(f"{r['epochs']} ({r['best_epoch']}){'*' if r['capped'] else ''}"
-                        for r in rs)
-        lines.append(f"| {bb} | {','.join(str(r['seed']) for r in rs)} | {rec:.4f} | {pr:.4f} | "
-                     f"{tr:.4f} | {ndcg:.4f} | {pn:.4f} | {tn:.4f} | {status} | {ep:.2f} | {per} |")
+        per = " / ".join(f"{r['seed']}: {r['test']['recall@20']:.4f}, {r['epochs']} "
+                         f"({r['best_epoch']}){'*' if r['capped'] else ''}" for r in rs)
+        lines.append(f"| {bb} | {len(rs)} | {rec:.4f}{sd(recs)} | {pr:.4f} | {tr:.4f} | "
+                     f"{ndcg:.4f}{sd(ndcgs)} | {pn:.4f} | {tn:.4f} | {status} | {ep:.2f} | {per} |")
     return "\n".join(lines)
+
+
+def merged(paths: list[Path], keys: list[str] | None = None) -> dict[str, dict]:
+    """Runs of several ``--out`` files (backbones run as separate processes write separate
+    files); a later file wins for the same backbone/seed; ``keys`` keeps only those runs."""
+    runs: dict[str, dict] = {}
+    for path in paths:
+        runs.update(json.loads(path.read_text())["runs"])
+    return {k: v for k, v in runs.items() if keys is None or k in keys}
 
 
 def timing(data: CFData, backbones: list[str], epochs: int, seed: int, threads: int,
@@ -133,7 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timing-only", action="store_true",
                     help="only time --epochs training epochs per backbone (no eval)")
     ap.add_argument("--epochs", type=int, default=3, help="epochs per backbone (--timing-only)")
+    ap.add_argument("--table", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="no training: print the table of these --out files' runs (merged)")
+    ap.add_argument("--runs", nargs="+", default=None, metavar="BACKBONE/SEED",
+                    help="--table: only these runs")
     args = ap.parse_args(argv)
+    if args.table:
+        print(table(merged(args.table, args.runs)))
+        return 0
     if not args.data.is_dir():
         print(f"skip: data folder {args.data} not found", file=sys.stderr)
         return 0

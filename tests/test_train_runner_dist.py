@@ -4,6 +4,7 @@ written by both ranks covering every row once."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import socket
@@ -53,6 +54,14 @@ def _worker(rank: int, port: int, root: str, extra: list[str], out: dict) -> Non
             out["two"] = r
     finally:
         dist.destroy_process_group()
+    # a process group kept alive by the finished run is torn down at interpreter exit, where its
+    # still-running gloo threads abort the process: none may be left once the group is destroyed
+    out[f"gloo_threads{rank}"] = _gloo_threads()
+
+
+def _gloo_threads() -> list[str]:
+    names = [Path(f).read_text().strip() for f in glob.glob("/proc/self/task/*/comm")]
+    return [n for n in names if "gloo" in n]
 
 
 def _free_port() -> int:
@@ -72,7 +81,9 @@ def _one_vs_two(tmp_path: Path, extra: list[str], mode: str, loss_rel: float = 1
     with mp.Manager() as m:
         out = m.dict()
         mp.spawn(_worker, args=(_free_port(), str(tmp_path), extra, out), nprocs=2)
-        two = dict(out)["two"]
+        got = dict(out)
+    two = got["two"]
+    assert got["gloo_threads0"] == got["gloo_threads1"] == []
     c1 = json.loads((tmp_path / "run1" / "curves.json").read_text())
     c2 = json.loads((tmp_path / "run2" / "curves.json").read_text())
     if mode == "full":

@@ -4,61 +4,48 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_ranks import spawn_ranks
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _worker(rank: int, world: int, out_dir: str) -> None:
+    from recalign.align.darec import DaRec
+    from recalign.align.semantic import from_arrays
+    from recalign.data.sampler import BPRBatch
+    from recalign.models.base import RecOutput
 
-
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        from recalign.align.darec import DaRec
-        from recalign.align.semantic import from_arrays
-        from recalign.data.sampler import BPRBatch
-        from recalign.models.base import RecOutput
-
-        # same semantic vectors and the same initial heads on both ranks (as DDP would have)
-        rng = np.random.default_rng(0)
-        sem = from_arrays(rng.standard_normal((60, 12)), rng.standard_normal((40, 12)))
-        torch.manual_seed(0)
-        dr = DaRec(sem, dim=8, params=DaRec.Params(n_sample=32, k=5, width=6, seed=11),
-                   group=dist.group.WORLD)
-        opt = torch.optim.Adam(dr.parameters(), lr=1e-2)
-        torch.manual_seed(100 + rank)  # each rank's CF representations differ
-        reps = torch.randn(100, 8, requires_grad=True)
-        b = BPRBatch(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]))
-        sampled, losses = [], []
-        for _ in range(6):
-            opt.zero_grad()
-            idx_state = dr._gen.get_state()
-            sampled.append(sorted(dr.sample().tolist()))
-            dr._gen.set_state(idx_state)  # forward draws the same rows
-            out = RecOutput({}, reps[:1], reps[60:61], reps[61:62], reps[:60], reps[60:], b)
-            loss = sum(dr(out).values())
-            loss.backward()
-            opt.step()
-            losses.append(float(loss))
-        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-            json.dump({"c": dr.km_c.centres.tolist(), "l": dr.km_l.centres.tolist(),
-                       "counts_c": dr.km_c.counts.tolist(), "sampled": sampled,
-                       "losses": losses}, f)
-    finally:
-        dist.destroy_process_group()
+    # same semantic vectors and the same initial heads on both ranks (as DDP would have)
+    rng = np.random.default_rng(0)
+    sem = from_arrays(rng.standard_normal((60, 12)), rng.standard_normal((40, 12)))
+    torch.manual_seed(0)
+    dr = DaRec(sem, dim=8, params=DaRec.Params(n_sample=32, k=5, width=6, seed=11),
+               group=dist.group.WORLD)
+    opt = torch.optim.Adam(dr.parameters(), lr=1e-2)
+    torch.manual_seed(100 + rank)  # each rank's CF representations differ
+    reps = torch.randn(100, 8, requires_grad=True)
+    b = BPRBatch(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]))
+    sampled, losses = [], []
+    for _ in range(6):
+        opt.zero_grad()
+        idx_state = dr._gen.get_state()
+        sampled.append(sorted(dr.sample().tolist()))
+        dr._gen.set_state(idx_state)  # forward draws the same rows
+        out = RecOutput({}, reps[:1], reps[60:61], reps[61:62], reps[:60], reps[60:], b)
+        loss = sum(dr(out).values())
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump({"c": dr.km_c.centres.tolist(), "l": dr.km_l.centres.tolist(),
+                   "counts_c": dr.km_c.counts.tolist(), "sampled": sampled,
+                   "losses": losses}, f)
 
 
 def test_darec_centres_identical_on_two_ranks(tmp_path) -> None:
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn_ranks(_worker, 2, 2, str(tmp_path))
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())
     assert r0["c"] == r1["c"] and r0["l"] == r1["l"]  # bitwise identical

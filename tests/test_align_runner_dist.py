@@ -12,9 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from test_align_distributed import _free_port
+from gloo_ranks import spawn_ranks
 
 warnings.filterwarnings("ignore")
 
@@ -49,36 +47,30 @@ def _write_vectors(root: str, mode: str) -> int:
     return int(ds.matrix("train").nnz)
 
 
-def _worker(rank: int, port: int, root: str, mode: str) -> None:
+def _worker(rank: int, root: str, mode: str) -> None:
     from recalign.config import load_config
     from recalign.data.ingest import load_dataset
     from recalign.train.dist import Dist
     from recalign.train.loop import CFData
     from recalign.train.runner import Hooks, RunInputs, run_training
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        cfg = load_config(None, _config(root, mode))
-        ds = load_dataset(cfg.data)
-        inp = RunInputs(cfg.model_dump(mode="json"), CFData.from_dataset(ds), ds.user_map.keys,
-                        ds.item_map.keys, f"{root}/run")
+    cfg = load_config(None, _config(root, mode))
+    ds = load_dataset(cfg.data)
+    inp = RunInputs(cfg.model_dump(mode="json"), CFData.from_dataset(ds), ds.user_map.keys,
+                    ds.item_map.keys, f"{root}/run")
 
-        def save(local: str, epoch: int, metrics: dict) -> None:  # keep each rank's state
-            shutil.copy(os.path.join(local, f"rank-{rank}.pt"),
-                        os.path.join(root, f"e{epoch}-rank{rank}.pt"))
+    def save(local: str, epoch: int, metrics: dict) -> None:  # keep each rank's state
+        shutil.copy(os.path.join(local, f"rank-{rank}.pt"),
+                    os.path.join(root, f"e{epoch}-rank{rank}.pt"))
 
-        run_training(inp, Dist(rank, 2), Hooks(save=save))
-    finally:
-        dist.destroy_process_group()
+    run_training(inp, Dist(rank, 2), Hooks(save=save))
 
 
 @pytest.mark.parametrize("mode", ["full", "sampled"])
 def test_run_training_two_ranks_share_darec_centres(tmp_path: Path, mode: str) -> None:
     root = str(tmp_path)
     n_train = _write_vectors(root, mode)
-    mp.spawn(_worker, args=(_free_port(), root, mode), nprocs=2, join=True)
+    spawn_ranks(_worker, 2, root, mode)
     steps_per_epoch = -(-n_train // BATCH)
     for epoch in (1, 2):  # checkpoints after each epoch's validation
         a = torch.load(f"{root}/e{epoch}-rank0.pt", weights_only=False)["align"]

@@ -4,17 +4,13 @@ written by both ranks covering every row once."""
 
 from __future__ import annotations
 
-import glob
 import json
-import os
-import socket
 import warnings
 from pathlib import Path
 
 import pytest
-import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo_ranks import spawn_ranks
 
 warnings.filterwarnings("ignore")
 
@@ -27,8 +23,7 @@ BASE = ["data.source=synthetic", "data.synthetic.users=400", "data.synthetic.ite
 def _inputs(root: str, world: int, extra: list[str]):
     from recalign.config import load_config
     from recalign.data.ingest import load_dataset
-    from recalign.storage.snapshot import SnapshotStore
-    from recalign.train.export import ARTIFACT, ExportTarget
+    from recalign.train.export import ExportTarget
     from recalign.train.loop import CFData
     from recalign.train.runner import RunInputs
 
@@ -41,33 +36,13 @@ def _inputs(root: str, world: int, extra: list[str]):
                      ExportTarget(root, ds.name, version))
 
 
-def _worker(rank: int, port: int, root: str, extra: list[str], out: dict) -> None:
+def _worker(rank: int, root: str, extra: list[str], out: dict) -> None:
     from recalign.train.dist import Dist
     from recalign.train.runner import run_training
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        r = run_training(_inputs(root, 2, extra), Dist(rank, 2))
-        if rank == 0:
-            out["two"] = r
-    finally:
-        dist.destroy_process_group()
-    # a process group kept alive by the finished run is torn down at interpreter exit, where its
-    # still-running gloo threads abort the process: none may be left once the group is destroyed
-    out[f"gloo_threads{rank}"] = _gloo_threads()
-
-
-def _gloo_threads() -> list[str]:
-    names = [Path(f).read_text().strip() for f in glob.glob("/proc/self/task/*/comm")]
-    return [n for n in names if "gloo" in n]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    r = run_training(_inputs(root, 2, extra), Dist(rank, 2))
+    if rank == 0:
+        out["two"] = r
 
 
 def _one_vs_two(tmp_path: Path, extra: list[str], mode: str, loss_rel: float = 1e-5,
@@ -80,10 +55,8 @@ def _one_vs_two(tmp_path: Path, extra: list[str], mode: str, loss_rel: float = 1
     one = run_training(_inputs(str(tmp_path), 1, extra), Dist())
     with mp.Manager() as m:
         out = m.dict()
-        mp.spawn(_worker, args=(_free_port(), str(tmp_path), extra, out), nprocs=2)
-        got = dict(out)
-    two = got["two"]
-    assert got["gloo_threads0"] == got["gloo_threads1"] == []
+        spawn_ranks(_worker, 2, str(tmp_path), extra, out)
+        two = dict(out)["two"]
     c1 = json.loads((tmp_path / "run1" / "curves.json").read_text())
     c2 = json.loads((tmp_path / "run2" / "curves.json").read_text())
     if mode == "full":

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import gc
 import math
 import shutil
 import tempfile
@@ -167,19 +166,6 @@ def check_inputs(cfg: Config, data: CFData) -> None:
 
 def run_training(inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> dict[str, Any] | None:
     """Train, evaluate, early-stop, checkpoint and export; rank 0 returns the summary."""
-    try:
-        return _run_training(inp, d, hooks)
-    finally:
-        # The sharded model sits in reference cycles (closures, TorchRec's module graph) that
-        # hold the process group. Collected only at interpreter exit, the group's gloo threads
-        # are destroyed while still joinable and the process aborts ("terminate called without
-        # an active exception") after a successful run. Collect them now, once this run's frame
-        # is gone, so destroying the process group really frees it.
-        if d.distributed:
-            gc.collect()
-
-
-def _run_training(inp: RunInputs, d: Dist, hooks: Hooks | None) -> dict[str, Any] | None:
     from recalign.align.presets import build_from_config
     from recalign.data.idmap import IdMap
     from recalign.models.registry import get_backbone

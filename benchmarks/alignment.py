@@ -296,7 +296,10 @@ def suite_cost(args: argparse.Namespace) -> None:
 
 #: staged grids of the ``search`` suite (one key at a time, the best value kept for the next)
 GRIDS: dict[str, list[tuple[str, list[Any]]]] = {
-    "darec": [("weight", [1e-6, 1e-5, 1e-4]), ("k", [4, 16, 64]),
+    # glo_centre / glo_on: the L_glo extensions (DaRecParams); searched first, at lambda 1e-6
+    # (the paper form's choice), then lambda again around it
+    "darec": [("glo_centre", [False, True]), ("glo_on", ["shared", "representations"]),
+              ("weight", [1e-6, 3e-6, 1e-5]), ("k", [4, 16, 64]),
               ("n_sample", [256, 1024, 4096]), ("width", [16, 32, 64])],
     "con": [("kd_weight", [0.003, 0.01, 0.03, 0.1, 0.5, 2.0]), ("tau", [0.1, 0.2, 0.5])],
     "gen": [("recon_weight", [0.1, 0.5, 2.0]), ("mask_ratio", [0.05, 0.15, 0.3]),

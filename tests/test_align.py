@@ -305,6 +305,40 @@ def test_darec_terms_by_hand() -> None:
     assert float(local_structure(a, b, perm)) == pytest.approx(loc, rel=1e-6)
 
 
+def test_darec_global_structure_centred_and_on_representations() -> None:
+    """The two opt-in L_glo extensions: centring each side, and comparing the un-projected CF
+    representations with the semantic vectors (different widths) instead of the shared parts."""
+    a = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]])
+    b = torch.tensor([[0.0, 1.0, 2.0], [1.0, -1.0, 0.0], [1.0, 1.0, 1.0]])  # 3-d: other width
+    ca, cb = a - a.mean(0), b - b.mean(0)
+    na, nb = F.normalize(ca, dim=-1), F.normalize(cb, dim=-1)
+    g = sum(float(na[i] @ na[j] - nb[i] @ nb[j]) ** 2 for i in range(3) for j in range(3))
+    assert float(global_structure(a, b, centre=True)) == pytest.approx(g, rel=1e-6)
+    # a common offset added to every row changes the uncentred value, not the centred one
+    assert float(global_structure(a + 5, b, centre=True)) == pytest.approx(g, rel=1e-5)
+    assert float(global_structure(a + 5, b)) != pytest.approx(float(global_structure(a, b)))
+
+    rng = np.random.default_rng(0)
+    sem = from_arrays(rng.standard_normal((8, 5)), rng.standard_normal((6, 5)))
+    reps = torch.randn(14, 3, requires_grad=True)
+    b1 = BPRBatch(torch.tensor([1]), torch.tensor([0]), torch.tensor([3]))
+    out = RecOutput({}, reps[:1], reps[8:9], reps[9:10], reps[:8], reps[8:], b1)
+    torch.manual_seed(0)
+    dr = DaRec(sem, dim=3, params=DaRec.Params(
+        n_sample=10, k=2, width=4, weight=0.5, reg_weight=0.0, glo_on="representations",
+        glo_centre=True, term_weights={"or": 0.0, "uni": 0.0, "loc": 0.0}))
+    state = dr._gen.get_state()
+    idx = dr.sample()
+    dr._gen.set_state(state)  # forward draws the same rows
+    losses = dr(out)
+    want = 0.5 * float(global_structure(reps[idx].detach(), dr.sem[idx], centre=True))
+    assert float(losses["align_darec_glo"]) == pytest.approx(want, rel=1e-5)
+    sum(losses.values()).backward()
+    assert reps.grad is not None and reps.grad[idx].abs().sum() > 0  # the CF rows move
+    # the heads play no part in this term: with the other terms weighted 0 they get no gradient
+    assert all(p.grad is None or not p.grad.any() for p in dr.parameters())
+
+
 def test_darec_term_weights_scale_each_term() -> None:
     """lambda times the per-term multiplier (default 1: the paper's single lambda); the
     terms are computed from the same rows either way (same seed, same sampled rows)."""

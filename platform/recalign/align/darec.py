@@ -13,7 +13,11 @@ normalisation and ``lam`` the single weight::
     L     = lam * (L_or + L_uni + L_glo + L_loc)     (term_weights: lam * w_t per term, opt-in)
 
 ``L_glo`` is the paper's ``|S^C - S^L|_F^2`` (a sum over the N-hat^2 pairs) on normalised shared
-parts. With the single ``lam`` of the paper the sum is what sets the weight of the global term
+parts. Two opt-in extensions, found by the validation search (docs/results.md): ``glo_centre``
+centres each side before the cosines, and ``glo_on: representations`` compares the
+un-projected CF representations with the semantic vectors. In the paper's form the learnable
+heads can match the two structures themselves (or collapse) and the CF side learns nothing from
+the text; on the synthetic check it is a no-op at every lambda that does not hurt. With the single ``lam`` of the paper the sum is what sets the weight of the global term
 against the three normalised ones; ``glo_reduction: mean`` (divide by N-hat^2, i.e. a global
 term 10^6 times weaker at N-hat = 1024) was this module's first version and is kept only as an
 option: with it the global term is negligible and, on the synthetic check, the uniformity and
@@ -58,6 +62,14 @@ class DaRecParams(BaseModel):
     glo_reduction: Literal["sum", "mean"] = Field(
         "sum", description="L_glo over the N-hat^2 pairs: sum (the paper's squared Frobenius "
         "norm) or mean (divided by N-hat^2)")
+    glo_centre: bool = Field(
+        False, description="subtract each side's mean over the sampled rows before the cosine "
+        "similarities of L_glo (an extension, not in the paper: text-encoder vectors share a "
+        "large common direction, so their uncentred cosine matrix is mostly a constant offset)")
+    glo_on: Literal["shared", "representations"] = Field(
+        "shared", description="L_glo between the shared parts (the paper) or between the "
+        "un-projected CF representations and semantic vectors (an extension: no head can fit "
+        "the structure in place of the CF representations)")
     term_weights: dict[Literal["or", "uni", "glo", "loc"], float] = Field(
         default_factory=dict, description="extra multiplier per term on top of lambda (default "
         "1 each: the paper's single lambda); an extension for the search, not in the paper")
@@ -82,9 +94,14 @@ def orthogonality(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(a, b, dim=-1).square().mean()
 
 
-def global_structure(c_sh: torch.Tensor, l_sh: torch.Tensor, reduction: str = "sum"
-                     ) -> torch.Tensor:
-    """|S^C - S^L|_F^2 of the cosine-similarity matrices (``mean``: divided by N-hat^2)."""
+def global_structure(c_sh: torch.Tensor, l_sh: torch.Tensor, reduction: str = "sum",
+                     centre: bool = False) -> torch.Tensor:
+    """|S^C - S^L|_F^2 of the cosine-similarity matrices (``mean``: divided by N-hat^2).
+
+    The two sides may differ in width (N-hat x N-hat matrices either way). ``centre`` subtracts
+    each side's mean row first, so S compares the rows' directions around their centre."""
+    if centre:
+        c_sh, l_sh = c_sh - c_sh.mean(0), l_sh - l_sh.mean(0)
     c, l_ = F.normalize(c_sh, dim=-1), F.normalize(l_sh, dim=-1)
     sq = (c @ c.T - l_ @ l_.T).square()
     return sq.sum() if reduction == "sum" else sq.mean()
@@ -154,7 +171,9 @@ class DaRec(Alignment):
         perm = greedy_match(self.km_c.centres, self.km_l.centres)
         return {"or": orthogonality(l_sp, l_sh) + orthogonality(c_sp, c_sh),
                 "uni": uniformity(c_sp) + uniformity(l_sp),
-                "glo": global_structure(c_sh, l_sh, self.params.glo_reduction),
+                "glo": global_structure(*((c_sh, l_sh) if self.params.glo_on == "shared"
+                                          else (e_c.float(), e_l.float())),
+                                        self.params.glo_reduction, self.params.glo_centre),
                 "loc": local_structure(cc, cl, perm)}
 
     def forward(self, out: Any) -> dict[str, torch.Tensor]:

@@ -13,11 +13,12 @@ normalisation and ``lam`` the single weight::
     L     = lam * (L_or + L_uni + L_glo + L_loc)     (term_weights: lam * w_t per term, opt-in)
 
 ``L_glo`` is the paper's ``|S^C - S^L|_F^2`` (a sum over the N-hat^2 pairs) on normalised shared
-parts. Two opt-in extensions, found by the validation search (docs/results.md): ``glo_centre``
-centres each side before the cosines, and ``glo_on: representations`` compares the
-un-projected CF representations with the semantic vectors. In the paper's form the learnable
-heads can match the two structures themselves (or collapse) and the CF side learns nothing from
-the text; on the synthetic check it is a no-op at every lambda that does not hurt. With the single ``lam`` of the paper the sum is what sets the weight of the global term
+parts. Two extensions, chosen by the validation search and on by default (docs/results.md; the
+paper's form is ``glo_centre: false, glo_on: shared``): ``glo_centre`` centres each side before
+the cosines, and ``glo_on: representations`` compares the un-projected CF representations with
+the semantic vectors. In the paper's form the learnable heads can match the two structures
+themselves (or collapse) and the CF side learns nothing from the text; on the synthetic check it
+is a no-op at every lambda that does not hurt. With the single ``lam`` of the paper the sum is what sets the weight of the global term
 against the three normalised ones; ``glo_reduction: mean`` (divide by N-hat^2, i.e. a global
 term 10^6 times weaker at N-hat = 1024) was this module's first version and is kept only as an
 option: with it the global term is negligible and, on the synthetic check, the uniformity and
@@ -47,12 +48,12 @@ from recalign.align.semantic import SemanticVectors
 class DaRecParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    weight: float = Field(1e-6, ge=0, description="lambda: weight of the summed DaRec terms "
+    weight: float = Field(3e-6, ge=0, description="lambda: weight of the summed DaRec terms "
                           "(with L_glo a sum over N-hat^2 pairs; chosen by the validation "
                           "search in docs/results.md)")
     n_sample: int = Field(1024, ge=4, description="N-hat: rows sampled per step (per worker)")
-    k: int = Field(16, ge=2, description="preference centres per side")
-    width: int = Field(32, ge=2, description="width of the shared/specific parts")
+    k: int = Field(4, ge=2, description="preference centres per side")
+    width: int = Field(16, ge=2, description="width of the shared/specific parts")
     hidden: int | None = Field(None, ge=1, description="hidden width of the heads; default "
                                "(in + width) // 2")
     decay: float = Field(0.9, gt=0, le=1, description="k-means count decay per update")
@@ -63,11 +64,11 @@ class DaRecParams(BaseModel):
         "sum", description="L_glo over the N-hat^2 pairs: sum (the paper's squared Frobenius "
         "norm) or mean (divided by N-hat^2)")
     glo_centre: bool = Field(
-        False, description="subtract each side's mean over the sampled rows before the cosine "
+        True, description="subtract each side's mean over the sampled rows before the cosine "
         "similarities of L_glo (an extension, not in the paper: text-encoder vectors share a "
         "large common direction, so their uncentred cosine matrix is mostly a constant offset)")
     glo_on: Literal["shared", "representations"] = Field(
-        "shared", description="L_glo between the shared parts (the paper) or between the "
+        "representations", description="L_glo between the shared parts (the paper) or between the "
         "un-projected CF representations and semantic vectors (an extension: no head can fit "
         "the structure in place of the CF representations)")
     term_weights: dict[Literal["or", "uni", "glo", "loc"], float] = Field(

@@ -629,3 +629,20 @@ def test_full_only_backbones_refuse_sampled_mode(tmp_path, name):
                              f"output.root={tmp_path}"])
     with pytest.raises(ConfigError, match=f"backbone '{name}' supports full propagation only"):
         train_job.run(cfg, None)
+
+
+@pytest.mark.parametrize("name", ["lightgcn", *SAMPLED])
+def test_sampled_mode_construction_is_checked(name):
+    """Sampled mode (no graph) is sized by n_users/n_items; given tables must match the sizes."""
+    from recalign.models import get_backbone
+    from recalign.tables.collection import IdTables
+
+    cls = get_backbone(name)
+    params = cls.Params(dim=8)
+    m = cls(None, params, n_users=7, n_items=5)
+    assert (m.n_users, m.n_items, m.graph) == (7, 5, None)
+    assert (m.tables.n_users, m.tables.n_items, m.tables.dim) == (7, 5, 8)
+    with pytest.raises(ValueError, match="needs n_users and n_items"):
+        cls(None, params, n_items=5)
+    with pytest.raises(ValueError, match="do not match the graph's 7 users, 5 items"):
+        cls(None, params, n_users=7, n_items=5, tables=IdTables(7, 6, 8))

@@ -106,6 +106,29 @@ class Backbone(nn.Module, abc.ABC):
         self.n_items = int(n_items)
         self._eval_cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    def _init_graph_backbone(self, graph: Any, params: Any, *, tables: Any = None,
+                             optimizer: Any = None, n_users: int | None = None,
+                             n_items: int | None = None) -> None:
+        """The ``__init__`` shared by the graph backbones with a sampled mode.
+
+        ``graph`` None is sampled mode (every forward gets its subgraph), sized by ``n_users`` /
+        ``n_items``. Builds the ID tables unless given and checks given ones against the sizes."""
+        from recalign.tables.collection import IdTables  # tables import nothing from models
+
+        if graph is None and (n_users is None or n_items is None):
+            raise ValueError("sampled mode (graph None) needs n_users and n_items")
+        nu = graph.n_users if graph is not None else int(n_users)  # type: ignore[arg-type]
+        ni = graph.n_items if graph is not None else int(n_items)  # type: ignore[arg-type]
+        Backbone.__init__(self, nu, ni)
+        self.params = params
+        self.graph = graph
+        self.tables = tables if tables is not None else IdTables(nu, ni, params.dim,
+                                                                 optimizer=optimizer)
+        if (self.tables.n_users, self.tables.n_items, self.tables.dim) != (nu, ni, params.dim):
+            raise ValueError(f"tables ({self.tables.n_users} users, {self.tables.n_items} items, "
+                             f"dim {self.tables.dim}) do not match the graph's {nu} users, "
+                             f"{ni} items or the model dim {params.dim}")
+
     # -- to implement ---------------------------------------------------------------
     @classmethod
     def build(cls, train: "sp.spmatrix", params: Any = None, *, preset: str | None = None,

@@ -84,17 +84,8 @@ class LightGCN(Backbone):
                  optimizer: TableOptimizerSpec | None = None,
                  tables: IdTables | None = None, n_users: int | None = None,
                  n_items: int | None = None) -> None:
-        # graph None: sampled mode, every forward gets its subgraph (Subgraph) instead
-        nu = graph.n_users if graph is not None else int(n_users)  # type: ignore[arg-type]
-        ni = graph.n_items if graph is not None else int(n_items)  # type: ignore[arg-type]
-        super().__init__(nu, ni)
-        self.params = params or LightGCNParams()
-        self.graph = graph
-        self.tables = tables if tables is not None else IdTables(
-            nu, ni, self.params.dim, optimizer=optimizer)
-        if (self.tables.n_users, self.tables.n_items, self.tables.dim) != (
-                nu, ni, self.params.dim):
-            raise ValueError("tables do not match the graph's users/items or the model dim")
+        self._init_graph_backbone(graph, params or LightGCNParams(), tables=tables,
+                                  optimizer=optimizer, n_users=n_users, n_items=n_items)
 
     @classmethod
     def build(cls, train: sp.spmatrix, params: LightGCNParams | dict | None = None, *,

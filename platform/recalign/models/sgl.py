@@ -92,13 +92,8 @@ class SGL(Backbone):
                  optimizer: TableOptimizerSpec | None = None,
                  tables: IdTables | None = None, n_users: int | None = None,
                  n_items: int | None = None) -> None:
-        # graph None: sampled mode, every training batch carries its subgraph
-        super().__init__(graph.n_users if graph is not None else int(n_users),  # type: ignore[arg-type]
-                         graph.n_items if graph is not None else int(n_items))  # type: ignore[arg-type]
-        self.params = params or self.Params()
-        self.graph = graph
-        self.tables = tables if tables is not None else IdTables(
-            self.n_users, self.n_items, self.params.dim, optimizer=optimizer)
+        self._init_graph_backbone(graph, params or self.Params(), tables=tables,
+                                  optimizer=optimizer, n_users=n_users, n_items=n_items)
         self.out_dim = self.params.dim
 
     @classmethod

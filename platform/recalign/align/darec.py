@@ -48,10 +48,10 @@ from recalign.align.semantic import SemanticVectors
 class DaRecParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    weight: float = Field(4.8e-5, ge=0, description="lambda: weight of the summed DaRec terms "
+    weight: float = Field(3e-6, ge=0, description="lambda: weight of the summed DaRec terms "
                           "(with L_glo a sum over N-hat^2 pairs; chosen by the validation "
                           "search in docs/results.md)")
-    n_sample: int = Field(256, ge=4, description="N-hat: rows sampled per step (per worker)")
+    n_sample: int = Field(1024, ge=4, description="N-hat: rows sampled per step (per worker)")
     k: int = Field(4, ge=2, description="preference centres per side")
     width: int = Field(16, ge=2, description="width of the shared/specific parts")
     hidden: int | None = Field(32, ge=1, description="hidden width of the heads (None: "

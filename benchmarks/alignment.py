@@ -298,8 +298,8 @@ def suite_cost(args: argparse.Namespace) -> None:
     for r in res:
         print(f"| {r['variant']} | {r['median_s']:.3f} | {r['ratio']:.2f} |")
     (OUT / "alignment_cost.json").write_text(json.dumps(
-        {"threads": args.threads, "epochs": args.epochs, "steps": args.steps, "runs": res, "cpus": os.cpu_count()},
-        indent=2))
+        {"threads": args.threads, "epochs": args.epochs, "steps": args.steps, "runs": res,
+         "cpus": os.cpu_count(), "darec": dict(DAREC_DEFAULT)}, indent=2))
 
 
 #: staged grids of the ``search`` suite (one key at a time, the best value kept for the next)

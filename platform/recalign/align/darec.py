@@ -9,6 +9,7 @@ normalisation and ``lam`` the single weight::
     L_or  = mean cos(L_sp, L_sh)^2 + mean cos(C_sp, C_sh)^2              orthogonality
     L_uni = U(C_sp) + U(L_sp),  U(x) = log mean_{i<j} exp(-2 |x^_i - x^_j|^2)   uniformity
     L_glo = sum_{ij} (C^_sh C^_sh^T - L^_sh L^_sh^T)_{ij}^2                   global structure
+            (default: E^C and E^L, each centred, in place of C_sh and L_sh; see below)
     L_loc = 1/K sum_i (S_ii - 1)^2 + 1/(K^2-K) sum_{i!=j} S_ij^2               local structure
     L     = lam * (L_or + L_uni + L_glo + L_loc)     (term_weights: lam * w_t per term, opt-in)
 
@@ -18,12 +19,12 @@ paper's form is ``glo_centre: false, glo_on: shared``): ``glo_centre`` centres e
 the cosines, and ``glo_on: representations`` compares the un-projected CF representations with
 the semantic vectors. In the paper's form the learnable heads can match the two structures
 themselves (or collapse) and the CF side learns nothing from the text; on the synthetic check it
-is a no-op at every lambda that does not hurt. With the single ``lam`` of the paper the sum is what sets the weight of the global term
-against the three normalised ones; ``glo_reduction: mean`` (divide by N-hat^2, i.e. a global
-term 10^6 times weaker at N-hat = 1024) was this module's first version and is kept only as an
-option: with it the global term is negligible and, on the synthetic check, the uniformity and
-local terms alone cost accuracy (docs/results.md, Alignment). For ``L_loc`` each
-side keeps K preference centres of its normalised shared parts in a
+is a no-op at every lambda that does not hurt. With the single ``lam`` of the paper the sum is
+what sets the weight of the global term against the three normalised ones;
+``glo_reduction: mean`` (divide by N-hat^2, i.e. a global term 10^6 times weaker at N-hat =
+1024) was this module's first version and is kept only as an option: with it the global term
+is negligible and, on the synthetic check, the uniformity and local terms alone cost accuracy
+(docs/results.md, Alignment). For ``L_loc`` each side keeps K preference centres of its normalised shared parts in a
 :class:`~recalign.align.kmeans.MiniBatchKMeans` (sums and counts all-reduced when a process
 group / reduce function is given, so all workers hold the same centres); the CF centres are
 matched to the LLM centres greedily by ascending Euclidean distance and ``S_ij`` is the cosine of

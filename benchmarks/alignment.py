@@ -66,7 +66,7 @@ SNAPSHOTS = {"profiles": ROOT / "recalign-data" / "ml-small" / "semantic",
 DAREC_DEFAULT: dict[str, Any] = {"weight": 3e-6, "k": 4, "n_sample": 1024, "width": 16,
                                  "hidden": 32, "glo_centre": True, "glo_on": "representations"}
 DAREC_SEARCH_START: dict[str, Any] = {"weight": 1e-6, "k": 16, "n_sample": 1024, "width": 32,
-                                      "glo_centre": False, "glo_on": "shared"}
+                                      "hidden": None, "glo_centre": False, "glo_on": "shared"}
 
 DATASETS: dict[str, dict[str, Any]] = {
     "ml": {"source": "movielens", "path": str(SHARED / "movielens-latest-small"),
@@ -173,7 +173,7 @@ def run_one(data: CFData, sem: SemanticVectors | None, backbone: str, variant: s
             "train_seconds": round(res["train_seconds"], 1),
             "wall_seconds": round(time.perf_counter() - t, 1),
             "align_params": align_params or {},
-            # the DaRec setting in force (the search's choice or --darec), for the tables
+            # the DaRec setting in force (DAREC_DEFAULT, updated by --darec), for the tables
             **({"darec_params": dict(DAREC_DEFAULT)} if variant.endswith("darec") else {})}
 
 
@@ -320,7 +320,8 @@ def suite_search(args: argparse.Namespace) -> None:
 
     DaRec starts from :data:`DAREC_SEARCH_START`, Con/Gen from the backbone's Amazon-book preset.
     Every run and the final choice (``{"choice": ..., "method": ..., "dataset": ...}``) are
-    appended to ``alignment_search.jsonl``; the ``real`` suite reads the last DaRec choice."""
+    appended to ``alignment_search.jsonl``; a DaRec choice becomes the runs' setting once it is
+    copied into :data:`DAREC_DEFAULT` (and recorded in docs/results.md)."""
     dname, method = args.datasets[0], args.method
     ds, data = load(dname)
     sem = vectors(ds, dname, args.semantic)

@@ -305,6 +305,51 @@ def test_darec_terms_by_hand() -> None:
     assert float(local_structure(a, b, perm)) == pytest.approx(loc, rel=1e-6)
 
 
+@pytest.mark.parametrize("n,a,b", [(7, 3, 5), (4, 6, 9), (50, 8, 2)])
+def test_darec_global_structure_trace_identity_matches_explicit(n: int, a: int, b: int) -> None:
+    """The N-hat x N-hat-free form gives the explicit |S^C - S^L|_F^2 and its gradients, for
+    widths below and above N-hat (each Gram taken by its smaller form)."""
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, a, generator=g, requires_grad=True)
+    y = torch.randn(n, b, generator=g, requires_grad=True)
+    for centre in (False, True):
+        xc, yc = (x - x.mean(0), y - y.mean(0)) if centre else (x, y)
+        nx, ny = F.normalize(xc, dim=-1), F.normalize(yc, dim=-1)
+        ref = (nx @ nx.T - ny @ ny.T).square().sum()
+        gx, gy = torch.autograd.grad(ref, (x, y))
+        got = global_structure(x, y, centre=centre)
+        hx, hy = torch.autograd.grad(got, (x, y))
+        assert float(got) == pytest.approx(float(ref), rel=1e-4)
+        torch.testing.assert_close(hx, gx, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(hy, gy, rtol=1e-4, atol=1e-5)
+        # a side without gradient: constant=False drops |S^L|_F^2 from the value only
+        fixed = y.detach()
+        nf = F.normalize(fixed - fixed.mean(0) if centre else fixed, dim=-1)
+        nx = F.normalize(x - x.mean(0) if centre else x, dim=-1)
+        ref_x = (nx @ nx.T - nf @ nf.T).square().sum()
+        (gx_ref,) = torch.autograd.grad(ref_x, x)
+        got_x = global_structure(x, fixed, centre=centre, constant=False)
+        (gx_got,) = torch.autograd.grad(got_x, x)
+        want = float(ref_x) - float((nf @ nf.T).square().sum())
+        assert float(got_x) == pytest.approx(want, rel=1e-4, abs=1e-3)
+        torch.testing.assert_close(gx_got, gx_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_darec_uniformity_gradient_matches_pairwise_reference() -> None:
+    """The hand-written backward: gradcheck in double precision, and value and gradient equal
+    to the pairwise-distance form (pdist) on a wider sample."""
+    x = torch.randn(9, 4, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(uniformity, (x,))
+    y = torch.randn(200, 16, requires_grad=True)
+    ny = F.normalize(y, dim=-1)
+    ref = torch.pdist(ny).square().mul(-2).exp().mean().log()
+    (g_ref,) = torch.autograd.grad(ref, y)
+    got = uniformity(y)
+    (g_got,) = torch.autograd.grad(got, y)
+    assert float(got) == pytest.approx(float(ref), rel=1e-5)
+    torch.testing.assert_close(g_got, g_ref, rtol=1e-4, atol=1e-6)
+
+
 def test_darec_global_structure_centred_and_on_representations() -> None:
     """The two opt-in L_glo extensions: centring each side, and comparing the un-projected CF
     representations with the semantic vectors (different widths) instead of the shared parts."""
@@ -323,20 +368,57 @@ def test_darec_global_structure_centred_and_on_representations() -> None:
     reps = torch.randn(14, 3, requires_grad=True)
     b1 = BPRBatch(torch.tensor([1]), torch.tensor([0]), torch.tensor([3]))
     out = RecOutput({}, reps[:1], reps[8:9], reps[9:10], reps[:8], reps[8:], b1)
-    torch.manual_seed(0)
-    dr = DaRec(sem, dim=3, params=DaRec.Params(
-        n_sample=10, k=2, width=4, weight=0.5, reg_weight=0.0, glo_on="representations",
-        glo_centre=True, term_weights={"or": 0.0, "uni": 0.0, "loc": 0.0}))
-    state = dr._gen.get_state()
-    idx = dr.sample()
-    dr._gen.set_state(state)  # forward draws the same rows
-    losses = dr(out)
-    want = 0.5 * float(global_structure(reps[idx].detach(), dr.sem[idx], centre=True))
-    assert float(losses["align_darec_glo"]) == pytest.approx(want, rel=1e-5)
-    sum(losses.values()).backward()
-    assert reps.grad is not None and reps.grad[idx].abs().sum() > 0  # the CF rows move
-    # the heads play no part in this term: with the other terms weighted 0 they get no gradient
-    assert all(p.grad is None or not p.grad.any() for p in dr.parameters())
+    grads = {}
+    for constant in (True, False):
+        torch.manual_seed(0)
+        dr = DaRec(sem, dim=3, params=DaRec.Params(
+            n_sample=10, k=2, width=4, weight=0.5, reg_weight=0.0, glo_on="representations",
+            glo_centre=True, glo_constant=constant,
+            term_weights={"or": 0.0, "uni": 0.0, "loc": 0.0}))
+        state = dr._gen.get_state()
+        idx = dr.sample()
+        dr._gen.set_state(state)  # forward draws the same rows
+        losses = dr(out)
+        want = 0.5 * float(global_structure(reps[idx].detach(), dr.sem[idx], centre=True))
+        if not constant:  # the value leaves out the sampled semantic rows' own |S^L|_F^2
+            ls = F.normalize(dr.sem[idx] - dr.sem[idx].mean(0), dim=-1)
+            want -= 0.5 * float((ls @ ls.T).square().sum())
+        assert float(losses["align_darec_glo"]) == pytest.approx(want, rel=1e-5)
+        reps.grad = None
+        sum(losses.values()).backward()
+        assert reps.grad is not None and reps.grad[idx].abs().sum() > 0  # the CF rows move
+        grads[constant] = reps.grad.clone()
+        # the heads play no part in this term: with the other terms weighted 0, no gradient
+        assert all(p.grad is None or not p.grad.any() for p in dr.parameters())
+    # leaving the parameter-free term out changes the value, not the training
+    torch.testing.assert_close(grads[True], grads[False])
+
+
+def test_darec_bf16_semantic_side_tracks_fp32() -> None:
+    """``bf16``: the semantic vectors are stored in bfloat16 (half the memory) and the semantic
+    side's products run in bf16; the CF heads stay fp32. Same rows, same initial weights:
+    every term and the CF gradient stay within bf16 rounding of the fp32 run."""
+    rng = np.random.default_rng(1)
+    sem = from_arrays(rng.standard_normal((40, 96)) + 0.5, rng.standard_normal((30, 96)) + 0.5)
+    reps = torch.randn(70, 8, requires_grad=True)
+    b1 = BPRBatch(torch.tensor([1]), torch.tensor([0]), torch.tensor([3]))
+    out = RecOutput({}, reps[:1], reps[40:41], reps[41:42], reps[:40], reps[40:], b1)
+    parts, grads = {}, {}
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        dr = DaRec(sem, dim=8, params=DaRec.Params(n_sample=64, k=3, width=4, weight=1.0,
+                                                   reg_weight=0.0, bf16=bf16))
+        assert dr.sem.dtype == (torch.bfloat16 if bf16 else torch.float32)
+        reps.grad = None
+        losses = dr(out)
+        sum(losses.values()).backward()
+        parts[bf16], grads[bf16] = dict(dr.last_parts), reps.grad.clone()
+        assert all(p.dtype == torch.float32 for p in dr.c_sh.parameters())
+        assert dr.l_sh[0].weight.grad is not None and dr.l_sh[0].weight.grad.abs().sum() > 0
+    for k, v in parts[False].items():
+        assert parts[True][k] == pytest.approx(v, rel=0.01, abs=0.01), k
+    cos = F.cosine_similarity(grads[True].flatten(), grads[False].flatten(), dim=0)
+    assert float(cos) > 0.99
 
 
 def test_darec_term_weights_scale_each_term() -> None:
@@ -354,7 +436,7 @@ def test_darec_term_weights_scale_each_term() -> None:
                                                    term_weights=tw, reg_weight=0.0))
         got[name] = {k: float(v) for k, v in dr(out).items()}
     p, w = got["plain"], got["weighted"]
-    assert w["align_darec_glo"] == 0.0 and p["align_darec_glo"] > 0
+    assert w["align_darec_glo"] == 0.0 and p["align_darec_glo"] != 0
     assert w["align_darec_loc"] == pytest.approx(3 * p["align_darec_loc"], rel=1e-6)
     for k in ("or", "uni"):
         assert w[f"align_darec_{k}"] == pytest.approx(p[f"align_darec_{k}"], rel=1e-6)

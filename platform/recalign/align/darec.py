@@ -72,10 +72,17 @@ class DaRecParams(BaseModel):
         "representations", description="L_glo between the shared parts (the paper) or between the "
         "un-projected CF representations and semantic vectors (an extension: no head can fit "
         "the structure in place of the CF representations)")
+    glo_constant: bool = Field(
+        False, description="with glo_on: representations, add to L_glo's value the term "
+        "|S^L|_F^2 that depends on the sampled semantic rows alone (no gradient): the exact "
+        "value at N-hat^2 d_s more work per step; without it the value is shifted by that "
+        "term and the training is the same")
     term_weights: dict[Literal["or", "uni", "glo", "loc"], float] = Field(
         default_factory=dict, description="extra multiplier per term on top of lambda (default "
         "1 each: the paper's single lambda); an extension for the search, not in the paper")
-    bf16: bool = False
+    bf16: bool = Field(False, description="keep the semantic vectors in bfloat16 (half the "
+                       "memory) and run the semantic side's products in bf16 (fp32 "
+                       "accumulation); the CF side stays fp32")
 
     @field_validator("term_weights")
     @classmethod
@@ -88,8 +95,31 @@ class DaRecParams(BaseModel):
 
 def uniformity(x: torch.Tensor) -> torch.Tensor:
     """log mean over pairs of exp(-2 |x_i - x_j|^2) of the L2-normalised rows."""
-    x = F.normalize(x, dim=-1)
-    return torch.pdist(x, p=2).pow(2).mul(-2).exp().mean().log()
+    return _Uniformity.apply(F.normalize(x, dim=-1))
+
+
+class _Uniformity(torch.autograd.Function):
+    """Uniformity of unit rows from their Gram matrix, with a hand-written backward.
+
+    Written by hand because ``pdist -> pow -> mul -> exp -> mean`` and autograd's backward of
+    each allocate about ten N-hat^2/2 temporaries per call; this keeps one N-hat^2 matrix
+    (2.5x faster at N-hat = 1024 on CPU). For unit rows |x_i - x_j|^2 = 2 - 2 x_i.x_j, so with
+    E_ij = exp(4 x_i.x_j - 4) off the diagonal (0 on it) and s = sum E:
+    U = log(s / (n (n - 1))) and dU/dx = (8 / s) E x (E is symmetric)."""
+
+    @staticmethod
+    def forward(ctx: Any, xn: torch.Tensor) -> torch.Tensor:
+        n = xn.shape[0]
+        e = torch.mm(xn, xn.T).sub_(1).mul_(4).exp_()
+        e.diagonal().zero_()
+        s = e.sum()
+        ctx.save_for_backward(xn, e, s)
+        return (s / (n * (n - 1))).log()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        xn, e, s = ctx.saved_tensors
+        return (8 * grad / s) * (e @ xn)
 
 
 def orthogonality(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -97,16 +127,51 @@ def orthogonality(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def global_structure(c_sh: torch.Tensor, l_sh: torch.Tensor, reduction: str = "sum",
-                     centre: bool = False) -> torch.Tensor:
+                     centre: bool = False, constant: bool = True) -> torch.Tensor:
     """|S^C - S^L|_F^2 of the cosine-similarity matrices (``mean``: divided by N-hat^2).
 
     The two sides may differ in width (N-hat x N-hat matrices either way). ``centre`` subtracts
-    each side's mean row first, so S compares the rows' directions around their centre."""
+    each side's mean row first, so S compares the rows' directions around their centre.
+
+    Computed without the N-hat x N-hat matrices, as |C^TC|_F^2 - 2 |C^TL|_F^2 + |L^TL|_F^2
+    (the trace identity), each Gram by its smaller form: N-hat (a^2 + ab) + min(N-hat^2 b,
+    N-hat b^2) work for widths a <= b instead of N-hat^2 (a + b). ``constant=False`` leaves out
+    |L^TL|_F^2 when ``l_sh`` carries no gradient (the semantic vectors under ``glo_on:
+    representations``): the gradient is the same and the value is L_glo minus a term that
+    depends on the sampled semantic rows alone; with 1536-d vectors that term's N-hat^2 d_s
+    Gram was most of DaRec's step (docs/results.md, Alignment cost)."""
+    c = F.normalize(c_sh - c_sh.mean(0) if centre else c_sh, dim=-1)
+    if constant or l_sh.requires_grad:
+        l_sh = l_sh.float()
+        l_ = F.normalize(l_sh - l_sh.mean(0) if centre else l_sh, dim=-1)
+        total = _gram_sq(c) - 2 * (c.T @ l_).square().sum() + _gram_sq(l_)
+    else:
+        total = _gram_sq(c) - 2 * _cross_fixed(c, l_sh, centre).square().sum()
+    return total if reduction == "sum" else total / (c.shape[0] ** 2)
+
+
+def _cross_fixed(c: torch.Tensor, x: torch.Tensor, centre: bool) -> torch.Tensor:
+    """``c^T normalize(x - mean x)`` without the centred, normalised copy of ``x``.
+
+    ``x`` (no gradient) is N-hat x d_s: the copy and its centring and division, ~3 passes of
+    fresh memory per step, cost as much as the product itself on CPU. Row norms of the centred
+    rows come from |x_i|^2 - 2 x_i.mu + |mu|^2, and the centring moves to the 32 x d_s side."""
+    # x may be bf16 (DaRecParams.bf16): products and reductions in its dtype (fp32
+    # accumulation inside), results in fp32; a dtype= argument would make an fp32 copy of x
+    f32 = torch.float32
+    sq = torch.linalg.vector_norm(x, dim=1).to(f32).square()  # no N-hat x d_s temporary
     if centre:
-        c_sh, l_sh = c_sh - c_sh.mean(0), l_sh - l_sh.mean(0)
-    c, l_ = F.normalize(c_sh, dim=-1), F.normalize(l_sh, dim=-1)
-    sq = (c @ c.T - l_ @ l_.T).square()
-    return sq.sum() if reduction == "sum" else sq.mean()
+        mu = (x.new_ones(1, x.shape[0]) @ x).to(f32).squeeze(0) / x.shape[0]  # bf16 mean(0) copies
+        sq = sq - 2 * (x @ mu.to(x.dtype)).to(f32) + mu @ mu
+    w = c * sq.clamp_min(1e-24).rsqrt().unsqueeze(1)  # F.normalize's eps 1e-12 on the norm
+    m = (w.to(x.dtype).T @ x).to(f32)
+    return m - torch.outer(w.sum(0), mu) if centre else m
+
+
+def _gram_sq(x: torch.Tensor) -> torch.Tensor:
+    """|x x^T|_F^2 = |x^T x|_F^2, by the smaller of the two Gram matrices."""
+    g = x.T @ x if x.shape[1] <= x.shape[0] else x @ x.T
+    return g.square().sum()
 
 
 def local_structure(c_centres: torch.Tensor, l_centres: torch.Tensor,
@@ -140,10 +205,13 @@ class DaRec(Alignment):
         self.km_c = MiniBatchKMeans(p.k, p.width, **kw)  # type: ignore[arg-type]
         self.km_l = MiniBatchKMeans(p.k, p.width, **kw)  # type: ignore[arg-type]
         sem, mask = semantic.all_nodes()
+        if p.bf16:
+            sem = sem.bfloat16()
         self.register_buffer("sem", sem, persistent=False)
         self.register_buffer("has_sem", mask, persistent=False)
         self.register_buffer("nodes_with", torch.nonzero(mask).flatten(), persistent=False)
         self.n_users = semantic.n_users
+        self._rows = sem.new_empty(0)
         self._gen = torch.Generator().manual_seed(int(p.seed) + 1_000_003 * int(rank))
         self.last_parts: dict[str, float] = {}
 
@@ -160,10 +228,20 @@ class DaRec(Alignment):
         m = min(self.params.n_sample, n)
         return self.nodes_with[torch.randperm(n, generator=self._gen)[:m]]
 
+    def _semantic_rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """The semantic vectors of ``idx``, gathered into one buffer kept across steps.
+
+        A fresh N-hat x d_s tensor per step (6 MB at 1536-d) costs more in page faults than the
+        gather itself on CPU (glibc returns large blocks to the OS on free). Reuse is safe:
+        autograd's version counter raises if a step's backward still needed the previous rows."""
+        if self._rows.device != self.sem.device or self._rows.dtype != self.sem.dtype:
+            self._rows = self.sem.new_empty(0)
+        return torch.index_select(self.sem, 0, idx, out=self._rows)
+
     def terms(self, e_c: torch.Tensor, e_l: torch.Tensor) -> dict[str, torch.Tensor]:
         """The four unweighted DaRec terms for CF rows ``e_c`` and semantic rows ``e_l``."""
-        with autocast(self.params.bf16, e_c.device):
-            c_sh, c_sp = self.c_sh(e_c).float(), self.c_sp(e_c).float()
+        c_sh, c_sp = self.c_sh(e_c), self.c_sp(e_c)
+        with autocast(self.params.bf16, e_l.device):
             l_sh, l_sp = self.l_sh(e_l).float(), self.l_sp(e_l).float()
         nc, nl = F.normalize(c_sh, dim=-1), F.normalize(l_sh, dim=-1)
         ic, _ = self.km_c.update(nc)
@@ -174,8 +252,9 @@ class DaRec(Alignment):
         return {"or": orthogonality(l_sp, l_sh) + orthogonality(c_sp, c_sh),
                 "uni": uniformity(c_sp) + uniformity(l_sp),
                 "glo": global_structure(*((c_sh, l_sh) if self.params.glo_on == "shared"
-                                          else (e_c.float(), e_l.float())),
-                                        self.params.glo_reduction, self.params.glo_centre),
+                                          else (e_c, e_l)),
+                                        self.params.glo_reduction, self.params.glo_centre,
+                                        self.params.glo_constant),
                 "loc": local_structure(cc, cl, perm)}
 
     def forward(self, out: Any) -> dict[str, torch.Tensor]:
@@ -188,10 +267,10 @@ class DaRec(Alignment):
             local = torch.nonzero(self.has_sem[nodes]).flatten()
             m = min(self.params.n_sample, local.numel())
             local = local[torch.randperm(local.numel(), generator=self._gen)[:m]]
-            e_c, e_l = reps.index_select(0, local), self.sem[nodes[local]]
+            e_c, e_l = reps.index_select(0, local), self._semantic_rows(nodes[local])
         else:
             idx = self.sample()
-            e_c, e_l = reps.index_select(0, idx), self.sem[idx]
+            e_c, e_l = reps.index_select(0, idx), self._semantic_rows(idx)
         parts = self.terms(e_c, e_l)
         self.last_parts = {k: float(v.detach()) for k, v in parts.items()}
         lam, tw = self.params.weight, self.params.term_weights

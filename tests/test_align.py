@@ -211,6 +211,42 @@ def test_con_loss_by_hand() -> None:
         0.5 * (user_term + pos_term) / 3, rel=1e-5)
 
 
+def test_con_user_candidates_batch_and_bf16() -> None:
+    """``user_candidates: batch`` takes the batch's users (with multiplicity) as candidates,
+    ``all`` every user with a vector; ``bf16`` stores the vectors in bf16 and stays within
+    bf16 rounding of fp32 in value and gradient."""
+    us = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    it = np.array([[1.0, 2.0], [2.0, 1.0], [0.0, 3.0]])
+    sem = from_arrays(us, it, user_mask=[True, True, False])
+    users_rep = torch.tensor([[1.0, 0.2], [0.3, 1.0], [1.0, 1.0]], requires_grad=True)
+    items_rep = torch.tensor([[0.5, 1.0], [1.0, 0.1], [0.2, 0.9]])
+    b = BPRBatch(torch.tensor([0, 0, 2]), torch.tensor([0, 1, 0]), torch.tensor([2, 2, 1]))
+
+    def nce(rows, pos, cands):
+        return sum(-(_np_unit(r) @ _np_unit(p)) / 0.2
+                   + math.log(sum(math.exp(_np_unit(r) @ _np_unit(c) / 0.2) for c in cands))
+                   for r, p in zip(rows, pos))
+    U, I = users_rep.detach().numpy(), items_rep.numpy()
+    items = nce(I[[0, 1, 0]], it[[0, 1, 0]], it[[0, 1, 0]]) + nce(I[[2, 2, 1]], it[[2, 2, 1]],
+                                                                    it[[2, 2, 1]])
+    for cands, want_users in (("all", nce(U[[0, 0]], us[[0, 0]], us[[0, 1]])),
+                              ("batch", nce(U[[0, 0]], us[[0, 0]], us[[0, 0]]))):
+        grads = {}
+        for bf16 in (False, True):
+            con = RLMRecCon(sem, dim=2, params=RLMRecCon.Params(
+                kd_weight=0.5, tau=0.2, user_candidates=cands, bf16=bf16))
+            _identity_mlp(con.mlp)
+            out = RecOutput({}, users_rep[b.users], items_rep[b.pos], items_rep[b.neg],
+                            users_rep, items_rep, b)
+            assert con.sem_users.dtype == (torch.bfloat16 if bf16 else torch.float32)
+            assert con.sem_users.shape[0] == 2  # only the users with a vector are kept
+            loss = con(out)["align_con"]
+            want = 0.5 * (want_users + items) / 3
+            assert float(loss) == pytest.approx(want, rel=2e-2 if bf16 else 1e-5), (cands, bf16)
+            (grads[bf16],) = torch.autograd.grad(loss, users_rep)
+        torch.testing.assert_close(grads[True], grads[False], rtol=0.05, atol=0.02)
+
+
 # ------------------------------------------------------------------ Gen by hand
 def test_ssl_con_loss_by_hand() -> None:
     x = np.array([[1.0, 0.0], [1.0, 1.0]])
@@ -251,6 +287,22 @@ def test_gen_masks_with_token_and_reconstructs_masked_rows() -> None:
     assert got == pytest.approx(want, rel=1e-5)
     with pytest.raises(RuntimeError, match="layer0_hook"):
         gen(out)  # no hook call before this step
+
+
+def test_gen_bf16_stores_vectors_in_bf16_and_tracks_fp32() -> None:
+    sem = from_arrays(np.random.default_rng(0).standard_normal((30, 64)),
+                      np.random.default_rng(1).standard_normal((20, 64)))
+    final = torch.randn(50, 8)
+    b = BPRBatch(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]))
+    got = {}
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        gen = RLMRecGen(sem, dim=8, params=RLMRecGen.Params(mask_ratio=0.5, bf16=bf16))
+        assert gen.sem.dtype == (torch.bfloat16 if bf16 else torch.float32)
+        gen.layer0_hook(torch.zeros(50, 8))
+        out = RecOutput({}, final[:1], final[30:31], final[31:32], final[:30], final[30:], b)
+        got[bf16] = float(gen(out)["align_gen"])
+    assert got[True] == pytest.approx(got[False], rel=2e-2)
 
 
 def test_gen_sampled_subgraph_masks_its_rows_and_reconstructs_their_global_vectors() -> None:

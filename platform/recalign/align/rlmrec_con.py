@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from recalign.align.base import Alignment, register_alignment
+from recalign.align.row_logsumexp import row_logsumexp_sum
 from recalign.align.semantic import SemanticVectors
 
 
@@ -43,7 +44,8 @@ class ConParams(BaseModel):
                                  "user's projection (reference); batch: the batch's users")
     reg_weight: float | None = Field(None, ge=0, description="L2 over the MLP; default: the "
                                      "backbone's reg_weight")
-    bf16: bool = Field(False, description="run the projection MLP under CPU/GPU bf16 autocast")
+    bf16: bool = Field(False, description="store the semantic vectors in bf16 and run the "
+                       "projection MLP under CPU/GPU bf16 autocast")
 
 
 def projection_mlp(d_in: int, d_out: int, hidden: int | None = None) -> nn.Sequential:
@@ -72,11 +74,11 @@ def infonce_sum(e: torch.Tensor, pos: torch.Tensor, cands: torch.Tensor, tau: fl
         return e.new_zeros(())
     ne, np_, nc = _unit(e), _unit(pos), _unit(cands)
     nume = -(ne * np_).sum(-1) / tau
-    logits = ne @ nc.T / tau
-    if cand_count is not None:
-        logits = logits + torch.log(cand_count.to(logits.dtype)).unsqueeze(0)
-    terms = nume + torch.logsumexp(logits, dim=-1)
-    return terms.sum() if row_weight is None else (terms * row_weight.to(terms.dtype)).sum()
+    if row_weight is not None:
+        nume = nume * row_weight.to(nume.dtype)
+    bias = None if cand_count is None else torch.log(cand_count.to(ne.dtype))
+    # the rows x candidates logits in blocks: all users as candidates would not fit at scale
+    return nume.sum() + row_logsumexp_sum(ne, nc, 1.0 / tau, bias, row_weight)
 
 
 def dedupe(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -112,14 +114,18 @@ class RLMRecCon(Alignment):
         self.params = params or ConParams()
         self.reg_weight = self.params.reg_weight if self.params.reg_weight is not None else reg_weight
         self.mlp = projection_mlp(semantic.dim, dim)
-        self.register_buffer("sem_users", semantic.users.vectors, persistent=False)
-        self.register_buffer("sem_items", semantic.items.vectors, persistent=False)
-        self.register_buffer("mask_users", semantic.users.mask, persistent=False)
-        self.register_buffer("mask_items", semantic.items.mask, persistent=False)
+        # bf16: the vectors are stored in bf16 (half the memory; autocast then converts nothing)
+        dtype = torch.bfloat16 if self.params.bf16 else torch.float32
         users_with = torch.nonzero(semantic.users.mask).flatten()
         slot = torch.full((semantic.n_users,), -1, dtype=torch.long)
         slot[users_with] = torch.arange(users_with.numel())
-        self.register_buffer("users_with", users_with, persistent=False)
+        # only the users with a vector, in slot order: the user term projects all of them each
+        # step, and a per-step gather of every user's row would copy the whole table
+        self.register_buffer("sem_users", semantic.users.vectors[users_with].to(dtype),
+                             persistent=False)
+        self.register_buffer("sem_items", semantic.items.vectors.to(dtype), persistent=False)
+        self.register_buffer("mask_users", semantic.users.mask, persistent=False)
+        self.register_buffer("mask_items", semantic.items.mask, persistent=False)
         self.register_buffer("user_slot", slot, persistent=False)
 
     @classmethod
@@ -137,7 +143,7 @@ class RLMRecCon(Alignment):
         keep = self.mask_items[ids]
         ids, reps = ids[keep], reps[keep]
         uniq, first, counts = dedupe(ids)
-        proj = self._project(self.sem_items[uniq])
+        proj = self._project(self.sem_items.index_select(0, uniq))
         # in-batch candidates: every batch row's projection, i.e. each distinct item x count
         return infonce_sum(reps[first], proj, proj, self.params.tau, counts, counts)
 
@@ -148,11 +154,11 @@ class RLMRecCon(Alignment):
         users, reps = b.users[keep], out.users[keep]
         uniq, first, counts = dedupe(users)
         if self.params.user_candidates == "all":
-            cands = self._project(self.sem_users[self.users_with])
+            cands = self._project(self.sem_users)
             pos_u = cands[self.user_slot[uniq]]
             cand_count = None
         else:
-            cands = self._project(self.sem_users[uniq])
+            cands = self._project(self.sem_users.index_select(0, self.user_slot[uniq]))
             pos_u, cand_count = cands, counts
         kd = infonce_sum(reps[first], pos_u, cands, self.params.tau, counts, cand_count)
         kd = kd + self._item_term(out.pos, b.pos)

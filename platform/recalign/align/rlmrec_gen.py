@@ -41,7 +41,8 @@ class GenParams(BaseModel):
     tau: float = Field(0.5, gt=0, description="reconstruction temperature tau_r")
     reg_weight: float | None = Field(None, ge=0, description="L2 over token + MLP; default: "
                                      "the backbone's reg_weight")
-    bf16: bool = Field(False, description="run sigma_up and the similarity under bf16 autocast")
+    bf16: bool = Field(False, description="store the semantic vectors in bf16 and run sigma_up "
+                       "and the similarity under bf16 autocast")
 
 
 def ssl_con_loss(x: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
@@ -67,6 +68,8 @@ class RLMRecGen(Alignment):
         self.mask_token = nn.Parameter(torch.zeros(1, layer0_dim or dim))
         self.mlp = projection_mlp(dim, semantic.dim)
         sem, mask = semantic.all_nodes()
+        if self.params.bf16:  # half the memory, and autocast converts nothing per step
+            sem = sem.bfloat16()
         self.register_buffer("sem", sem, persistent=False)
         self.register_buffer("has_sem", mask, persistent=False)
         self.n_users = semantic.n_users
@@ -116,7 +119,7 @@ class RLMRecGen(Alignment):
             enc = torch.cat([out.all_users, out.all_items], 0).index_select(0, seeds)
             with autocast(self.params.bf16, enc.device):
                 x = self.mlp(enc)
-                recon = ssl_con_loss(x, self.sem[nodes], self.params.tau)
+                recon = ssl_con_loss(x, self.sem.index_select(0, nodes), self.params.tau)
             losses["align_gen"] = self.params.recon_weight * recon.float()
         else:
             losses["align_gen"] = out.all_users.new_zeros(())

@@ -14,8 +14,9 @@ normalisation and ``lam`` the single weight::
     L     = lam * (L_or + L_uni + L_glo + L_loc)     (term_weights: lam * w_t per term, opt-in)
 
 ``L_glo`` is the paper's ``|S^C - S^L|_F^2`` (a sum over the N-hat^2 pairs) on normalised shared
-parts, computed without the N-hat x N-hat matrices (:func:`global_structure`). Two extensions, chosen by the validation search and on by default (docs/results.md; the
-paper's form is ``glo_centre: false, glo_on: shared``): ``glo_centre`` centres each side before
+parts, computed without the N-hat x N-hat matrices (:func:`global_structure`). Two extensions,
+chosen by the validation search and on by default (docs/results.md; the paper's form is
+``glo_centre: false, glo_on: shared``): ``glo_centre`` centres each side before
 the cosines, and ``glo_on: representations`` compares the un-projected CF representations with
 the semantic vectors. In the paper's form the learnable heads can match the two structures
 themselves (or collapse) and the CF side learns nothing from the text; on the synthetic check it

@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from recalign.align.base import build_alignment, known_alignments
-from recalign.align.darec import (DaRec, global_structure, local_structure, orthogonality,
-                                  uniformity)
+from recalign.align.darec import (DaRec, _gather_rows, global_structure, local_structure,
+                                  orthogonality, two_heads, uniformity)
 from recalign.align.kmeans import MiniBatchKMeans, greedy_match
 from recalign.align.presets import (ALIGN_PRESETS, align_model_overrides, build_from_config,
                                     resolve)
-from recalign.align.rlmrec_con import RLMRecCon, infonce_sum
+from recalign.align.rlmrec_con import RLMRecCon, infonce_sum, projection_mlp
 from recalign.align.rlmrec_gen import RLMRecGen, ssl_con_loss
 from recalign.align.semantic import from_arrays, load_semantic
 from recalign.config import AlignConfig
@@ -385,21 +385,52 @@ def test_darec_global_structure_trace_identity_matches_explicit(n: int, a: int, 
         want = float(ref_x) - float((nf @ nf.T).square().sum())
         assert float(got_x) == pytest.approx(want, rel=1e-4, abs=1e-3)
         torch.testing.assert_close(gx_got, gx_ref, rtol=1e-4, atol=1e-5)
+        # the fixed rows' squared norms given (DaRec computes them once): the same
+        got_sq = global_structure(x, fixed, centre=centre, constant=False,
+                                  l_sq=fixed.square().sum(1))
+        (gx_sq,) = torch.autograd.grad(got_sq, x)
+        assert float(got_sq) == pytest.approx(float(got_x), rel=1e-5, abs=1e-4)
+        torch.testing.assert_close(gx_sq, gx_got, rtol=1e-4, atol=1e-5)
 
 
-def test_darec_uniformity_gradient_matches_pairwise_reference() -> None:
-    """The hand-written backward: gradcheck in double precision, and value and gradient equal
-    to the pairwise-distance form (pdist) on a wider sample."""
+@pytest.mark.parametrize("block_rows", [1, 4, 9, 64, 256])
+def test_darec_uniformity_gradient_matches_pairwise_reference(block_rows: int) -> None:
+    """The hand-written blocked backward: gradcheck in double precision, and value and gradient
+    equal to the pairwise-distance form (pdist) on a wider sample, for blocks of one row, of a
+    size that does not divide the rows, and of all rows at once."""
     x = torch.randn(9, 4, dtype=torch.double, requires_grad=True)
-    assert torch.autograd.gradcheck(uniformity, (x,))
+    assert torch.autograd.gradcheck(lambda t: uniformity(t, block_rows), (x,))
     y = torch.randn(200, 16, requires_grad=True)
     ny = F.normalize(y, dim=-1)
     ref = torch.pdist(ny).square().mul(-2).exp().mean().log()
     (g_ref,) = torch.autograd.grad(ref, y)
-    got = uniformity(y)
+    got = uniformity(y, block_rows)
     (g_got,) = torch.autograd.grad(got, y)
     assert float(got) == pytest.approx(float(ref), rel=1e-5)
     torch.testing.assert_close(g_got, g_ref, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():  # no gradient wanted: the same value, nothing kept for a backward
+        assert float(uniformity(y, block_rows)) == pytest.approx(float(ref), rel=1e-5)
+
+
+def test_darec_two_heads_and_row_gather_match_the_plain_forms() -> None:
+    """One product for both heads' first layers = each head on its own (values and every
+    parameter's gradient); rows of users/items without their concatenation = index_select on it."""
+    torch.manual_seed(0)
+    a, b = projection_mlp(12, 3, 5), projection_mlp(12, 3, 7)  # different hidden widths
+    x = torch.randn(10, 12)
+    got = two_heads(x, a, b)
+    ga = torch.autograd.grad(got[0].square().sum() + got[1].sin().sum(),
+                             [*a.parameters(), *b.parameters()])
+    want = a(x), b(x)
+    wa = torch.autograd.grad(want[0].square().sum() + want[1].sin().sum(),
+                             [*a.parameters(), *b.parameters()])
+    for g_, w_ in zip((*got, *ga), (*want, *wa)):
+        torch.testing.assert_close(g_, w_)
+    users, items = torch.randn(4, 2), torch.randn(3, 2)
+    idx = torch.tensor([5, 1, 6, 0, 4])
+    order, rows = _gather_rows(users, items, idx)
+    assert order.tolist() == [1, 0, 5, 6, 4]  # users first, each id with its own row
+    assert torch.equal(rows, torch.cat([users, items]).index_select(0, order))
 
 
 def test_darec_global_structure_centred_and_on_representations() -> None:
@@ -560,8 +591,8 @@ def test_darec_sampled_subgraph_rows_pair_with_their_global_vectors() -> None:
     dr = DaRec(sem, dim=3, params=DaRec.Params(n_sample=100, k=2, width=4))
     seen = {}
 
-    def terms(e_c, e_l):
-        seen["c"], seen["l"] = e_c.detach().clone(), e_l.detach().clone()
+    def terms(e_c, e_l, l_sq):
+        seen["c"], seen["l"], seen["sq"] = e_c.detach().clone(), e_l.detach().clone(), l_sq
         return {"glo": e_c.sum() * 0}
     dr.terms = terms
     users, items = torch.tensor([4, 1, 5]), torch.tensor([3, 0])  # user 4 has no vector
@@ -579,6 +610,8 @@ def test_darec_sampled_subgraph_rows_pair_with_their_global_vectors() -> None:
     for c, l_ in zip(seen["c"], seen["l"]):
         j = next(j for j in range(5) if torch.equal(local[j], c))
         assert torch.equal(l_, allsem[glob[j]])
+    # the precomputed squared norms travel with their rows
+    torch.testing.assert_close(seen["sq"], seen["l"].square().sum(1))
 
 
 # ------------------------------------------------------------------ semantic vectors

@@ -40,6 +40,7 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
 
 from recalign.align.base import Alignment, register_alignment
 from recalign.align.kmeans import MiniBatchKMeans, ReduceFn, greedy_match
@@ -94,33 +95,53 @@ class DaRecParams(BaseModel):
         return v
 
 
-def uniformity(x: torch.Tensor) -> torch.Tensor:
+def uniformity(x: torch.Tensor, block_rows: int = 256) -> torch.Tensor:
     """log mean over pairs of exp(-2 |x_i - x_j|^2) of the L2-normalised rows."""
-    return _Uniformity.apply(F.normalize(x, dim=-1))
+    return _Uniformity.apply(F.normalize(x, dim=-1), block_rows)
 
 
 class _Uniformity(torch.autograd.Function):
-    """Uniformity of unit rows from their Gram matrix, with a hand-written backward.
+    """Uniformity of unit rows by blocks of pairs, with a hand-written backward.
 
     Written by hand because ``pdist -> pow -> mul -> exp -> mean`` and autograd's backward of
-    each allocate about ten N-hat^2/2 temporaries per call; this keeps one N-hat^2 matrix
-    (2.5x faster at N-hat = 1024 on CPU). For unit rows |x_i - x_j|^2 = 2 - 2 x_i.x_j, so with
-    E_ij = exp(4 x_i.x_j - 4) off the diagonal (0 on it) and s = sum E:
-    U = log(s / (n (n - 1))) and dU/dx = (8 / s) E x (E is symmetric)."""
+    each allocate about ten N-hat^2/2 temporaries per call, and even one N-hat x N-hat matrix
+    (4 MB at N-hat = 1024, 64 MB at 4096) is written to and read back from memory twice. For
+    unit rows |x_i - x_j|^2 = 2 - 2 x_i.x_j, so with E_ij = exp(4 x_i.x_j - 4) off the diagonal
+    (0 on it) and s = sum E: U = log(s / (n (n - 1))) and dU/dx = (8 / s) E x (E symmetric).
+    The forward walks the blocks of E on and above the diagonal (each a cache-sized
+    ``block_rows``^2 buffer, reused), adds each block's sum and its share of G = E x (block
+    (i, j) adds E_ij x_j to rows i and E_ij^T x_i to rows j), and keeps only G (N-hat x width)
+    for the backward: half the exponentials of the full matrix and no N-hat^2 memory."""
 
     @staticmethod
-    def forward(ctx: Any, xn: torch.Tensor) -> torch.Tensor:
-        n = xn.shape[0]
-        e = torch.mm(xn, xn.T).sub_(1).mul_(4).exp_()
-        e.diagonal().zero_()
-        s = e.sum()
-        ctx.save_for_backward(xn, e, s)
+    def forward(ctx: Any, xn: torch.Tensor, block_rows: int) -> torch.Tensor:
+        n, b = xn.shape[0], max(int(block_rows), 1)
+        want_grad = ctx.needs_input_grad[0]
+        buf = xn.new_empty(min(b, n) ** 2)
+        neg4 = xn.new_full((), -4.0)
+        sums: list[torch.Tensor] = []  # one per block; added in double below
+        g = torch.zeros_like(xn) if want_grad else None
+        for i0 in range(0, n, b):
+            xi = xn[i0:i0 + b]
+            for j0 in range(i0, n, b):
+                xj = xn[j0:j0 + b]
+                e = buf[: xi.shape[0] * xj.shape[0]].view(xi.shape[0], xj.shape[0])
+                torch.addmm(neg4, xi, xj.T, alpha=4, out=e).exp_()  # exp(4 x_i.x_j - 4)
+                if i0 == j0:
+                    e.diagonal().zero_()
+                sums.append(e.sum() if i0 == j0 else 2 * e.sum())
+                if g is not None:
+                    g[i0:i0 + b].addmm_(e, xj)
+                    if i0 != j0:
+                        g[j0:j0 + b].addmm_(e.T, xi)
+        s = torch.stack(sums).double().sum().to(xn.dtype)
+        ctx.save_for_backward(g, s)
         return (s / (n * (n - 1))).log()
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        xn, e, s = ctx.saved_tensors
-        return (8 * grad / s) * (e @ xn)
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        g, s = ctx.saved_tensors
+        return (8 * grad / s) * g, None
 
 
 def orthogonality(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -128,7 +149,8 @@ def orthogonality(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def global_structure(c_sh: torch.Tensor, l_sh: torch.Tensor, reduction: str = "sum",
-                     centre: bool = False, constant: bool = True) -> torch.Tensor:
+                     centre: bool = False, constant: bool = True,
+                     l_sq: torch.Tensor | None = None) -> torch.Tensor:
     """|S^C - S^L|_F^2 of the cosine-similarity matrices (``mean``: divided by N-hat^2).
 
     The two sides may differ in width (N-hat x N-hat matrices either way). ``centre`` subtracts
@@ -140,18 +162,20 @@ def global_structure(c_sh: torch.Tensor, l_sh: torch.Tensor, reduction: str = "s
     |L^TL|_F^2 when ``l_sh`` carries no gradient (the semantic vectors under ``glo_on:
     representations``): the gradient is the same and the value is L_glo minus a term that
     depends on the sampled semantic rows alone; with 1536-d vectors that term's N-hat^2 d_s
-    Gram was most of DaRec's step (docs/results.md, Alignment cost)."""
+    Gram was most of DaRec's step (docs/results.md, Alignment cost). ``l_sq``: the rows'
+    squared norms when known (fixed vectors: computed once, not per step)."""
     c = F.normalize(c_sh - c_sh.mean(0) if centre else c_sh, dim=-1)
     if constant or l_sh.requires_grad:
         l_sh = l_sh.float()
         l_ = F.normalize(l_sh - l_sh.mean(0) if centre else l_sh, dim=-1)
         total = _gram_sq(c) - 2 * (c.T @ l_).square().sum() + _gram_sq(l_)
     else:
-        total = _gram_sq(c) - 2 * _cross_fixed(c, l_sh, centre).square().sum()
+        total = _gram_sq(c) - 2 * _cross_fixed(c, l_sh, centre, l_sq).square().sum()
     return total if reduction == "sum" else total / (c.shape[0] ** 2)
 
 
-def _cross_fixed(c: torch.Tensor, x: torch.Tensor, centre: bool) -> torch.Tensor:
+def _cross_fixed(c: torch.Tensor, x: torch.Tensor, centre: bool,
+                 sq: torch.Tensor | None = None) -> torch.Tensor:
     """``c^T normalize(x - mean x)`` without the centred, normalised copy of ``x``.
 
     ``x`` (no gradient) is N-hat x d_s: the copy and its centring and division, ~3 passes of
@@ -160,7 +184,8 @@ def _cross_fixed(c: torch.Tensor, x: torch.Tensor, centre: bool) -> torch.Tensor
     # x may be bf16 (DaRecParams.bf16): products and reductions in its dtype (fp32
     # accumulation inside), results in fp32; a dtype= argument would make an fp32 copy of x
     f32 = torch.float32
-    sq = torch.linalg.vector_norm(x, dim=1).to(f32).square()  # no N-hat x d_s temporary
+    if sq is None:
+        sq = torch.linalg.vector_norm(x, dim=1).to(f32).square()  # no N-hat x d_s temporary
     if centre:
         mu = (x.new_ones(1, x.shape[0]) @ x).to(f32).squeeze(0) / x.shape[0]  # bf16 mean(0) copies
         sq = sq - 2 * (x @ mu.to(x.dtype)).to(f32) + mu @ mu
@@ -173,6 +198,26 @@ def _gram_sq(x: torch.Tensor) -> torch.Tensor:
     """|x x^T|_F^2 = |x^T x|_F^2, by the smaller of the two Gram matrices."""
     g = x.T @ x if x.shape[1] <= x.shape[0] else x @ x.T
     return g.square().sum()
+
+
+def two_heads(x: torch.Tensor, a: nn.Sequential, b: nn.Sequential) -> tuple[torch.Tensor,
+                                                                            torch.Tensor]:
+    """``a(x), b(x)`` for two Linear -> activation -> Linear heads, with one product for both
+    first layers: ``x`` (N-hat x 1536 semantic rows) is read once, forward and backward,
+    instead of twice (its products are most of DaRec's step on CPU)."""
+    h = F.linear(x, torch.cat([a[0].weight, b[0].weight]), torch.cat([a[0].bias, b[0].bias]))
+    ha, hb = h.split([a[0].out_features, b[0].out_features], dim=-1)
+    return a[2](a[1](ha)), b[2](b[1](hb))
+
+
+def _gather_rows(users: torch.Tensor, items: torch.Tensor,
+                 idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``idx`` of ``cat([users, items])`` without building the concatenation (a fresh
+    copy of every representation per step), as ``(idx reordered users first, rows)``."""
+    is_user = idx < users.shape[0]
+    u, i = idx[is_user], idx[~is_user]
+    rows = torch.cat([users.index_select(0, u), items.index_select(0, i - users.shape[0])])
+    return torch.cat([u, i]), rows
 
 
 def local_structure(c_centres: torch.Tensor, l_centres: torch.Tensor,
@@ -210,6 +255,9 @@ class DaRec(Alignment):
             sem = sem.bfloat16()
         self.register_buffer("sem", sem, persistent=False)
         self.register_buffer("has_sem", mask, persistent=False)
+        # squared norms of the (fixed) vectors for L_glo's centring: once, not per step
+        self.register_buffer("sem_sq", torch.linalg.vector_norm(sem.float(), dim=1).square(),
+                             persistent=False)
         self.register_buffer("nodes_with", torch.nonzero(mask).flatten(), persistent=False)
         self.n_users = semantic.n_users
         self._rows = sem.new_empty(0)
@@ -239,11 +287,13 @@ class DaRec(Alignment):
             self._rows = self.sem.new_empty(0)
         return torch.index_select(self.sem, 0, idx, out=self._rows)
 
-    def terms(self, e_c: torch.Tensor, e_l: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The four unweighted DaRec terms for CF rows ``e_c`` and semantic rows ``e_l``."""
-        c_sh, c_sp = self.c_sh(e_c), self.c_sp(e_c)
+    def terms(self, e_c: torch.Tensor, e_l: torch.Tensor,
+              l_sq: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The four unweighted DaRec terms for CF rows ``e_c`` and semantic rows ``e_l``
+        (``l_sq``: their squared norms, if known)."""
+        c_sh, c_sp = two_heads(e_c, self.c_sh, self.c_sp)
         with autocast(self.params.bf16, e_l.device):
-            l_sh, l_sp = self.l_sh(e_l).float(), self.l_sp(e_l).float()
+            l_sh, l_sp = (t.float() for t in two_heads(e_l, self.l_sh, self.l_sp))
         nc, nl = F.normalize(c_sh, dim=-1), F.normalize(l_sh, dim=-1)
         ic, _ = self.km_c.update(nc)
         il, _ = self.km_l.update(nl)
@@ -255,11 +305,12 @@ class DaRec(Alignment):
                 "glo": global_structure(*((c_sh, l_sh) if self.params.glo_on == "shared"
                                           else (e_c, e_l)),
                                         self.params.glo_reduction, self.params.glo_centre,
-                                        self.params.glo_constant),
+                                        self.params.glo_constant,
+                                        l_sq if self.params.glo_on == "representations"
+                                        else None),
                 "loc": local_structure(cc, cl, perm)}
 
     def forward(self, out: Any) -> dict[str, torch.Tensor]:
-        reps = torch.cat([out.all_users, out.all_items], 0)
         extras = getattr(out, "extras", None) or {}
         if "user_ids" in extras:
             # sampled propagation: the representations are this step's subgraph rows (global
@@ -268,11 +319,11 @@ class DaRec(Alignment):
             local = torch.nonzero(self.has_sem[nodes]).flatten()
             m = min(self.params.n_sample, local.numel())
             local = local[torch.randperm(local.numel(), generator=self._gen)[:m]]
-            e_c, e_l = reps.index_select(0, local), self._semantic_rows(nodes[local])
+            local, e_c = _gather_rows(out.all_users, out.all_items, local)
+            idx = nodes[local]
         else:
-            idx = self.sample()
-            e_c, e_l = reps.index_select(0, idx), self._semantic_rows(idx)
-        parts = self.terms(e_c, e_l)
+            idx, e_c = _gather_rows(out.all_users, out.all_items, self.sample())
+        parts = self.terms(e_c, self._semantic_rows(idx), self.sem_sq.index_select(0, idx))
         self.last_parts = {k: float(v.detach()) for k, v in parts.items()}
         lam, tw = self.params.weight, self.params.term_weights
         losses = {f"align_darec_{k}": lam * tw.get(k, 1.0) * v for k, v in parts.items()}

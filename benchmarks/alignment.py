@@ -11,7 +11,7 @@ the LLM stage's profiles are used: all-MiniLM-L6-v2 (384-d, L2-normalised) of ea
 brand for Amazon-Scientific) and of each user's text (the titles of at most 20 of the user's
 *training* items, a seeded sample: no valid/test item reaches a vector); cached under
 ``benchmarks/out/cache``. Training: the RLMRec schedule (Adam 1e-3, batch 4096, validate every
-3 epochs, patience 5, ``--max-epochs`` cap), test once with the best weights; Con/Gen use each
+3 epochs, patience 5 — not before ``--min-epochs`` —, ``--max-epochs`` cap), test once with the best weights; Con/Gen use each
 backbone's published Amazon-book preset (alignment weights *and* the backbone's layers/reg that
 go with them), base uses the backbone's Amazon-book base preset. Every run is appended to
 ``benchmarks/out/alignment_<suite>.jsonl`` as it finishes (so a killed suite keeps its runs).
@@ -159,17 +159,17 @@ def build(variant: str, backbone: str, data: CFData, sem: SemanticVectors | None
 
 
 def run_one(data: CFData, sem: SemanticVectors | None, backbone: str, variant: str, seed: int,
-            max_epochs: int, threads: int, align_params: dict[str, Any] | None = None
-            ) -> dict[str, Any]:
+            max_epochs: int, threads: int, align_params: dict[str, Any] | None = None,
+            min_epochs: int = 0) -> dict[str, Any]:
     torch.set_num_threads(threads)
     rng = seed_everything(seed)
     model, align = build(variant, backbone, data, sem, align_params, shuffle_seed=seed)
     t = time.perf_counter()
-    res = fit(model, data, TrainParams(seed=seed, threads=threads, max_epochs=max_epochs),
-              rng=rng, align=align)
+    res = fit(model, data, TrainParams(seed=seed, threads=threads, max_epochs=max_epochs,
+                                       min_epochs=min_epochs), rng=rng, align=align)
     return {"backbone": backbone, "variant": variant, "seed": seed, "test": res["test"],
             "valid": res["valid"], "best_epoch": res["best_epoch"], "epochs": res["epochs"],
-            "hit_max_epochs": res["epochs"] >= max_epochs,
+            "hit_max_epochs": res["epochs"] >= max_epochs, "min_epochs": min_epochs,
             "train_seconds": round(res["train_seconds"], 1),
             "wall_seconds": round(time.perf_counter() - t, 1),
             "align_params": align_params or {},
@@ -233,7 +233,7 @@ def suite_runs(args: argparse.Namespace, datasets: list[str], variants: list[str
                     if ap and set(ap) <= {"con", "gen", "darec"}:  # per method
                         ap = ap.get(variant.removeprefix("shuffled-"))
                     r = run_one(data, sem, backbone, variant, seed, args.max_epochs,
-                                args.threads, ap)
+                                args.threads, ap, args.min_epochs)
                     r["dataset"] = dname
                     r["semantic"] = args.semantic
                     r["semantic_summary"] = sem.summary
@@ -381,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", nargs="+", default=None)
     ap.add_argument("--seeds", nargs="+", type=int, default=[2023])
     ap.add_argument("--max-epochs", type=int, default=300)
+    ap.add_argument("--min-epochs", type=int, default=0,
+                    help="real: no early stop before this many epochs (TrainParams.min_epochs)")
     ap.add_argument("--epochs", type=int, default=5, help="timed epochs (cost)")
     ap.add_argument("--steps", type=int, default=0, help="cost: time this many single steps "
                     "instead of whole epochs (each includes sampling one epoch's negatives)")

@@ -350,3 +350,19 @@ def test_rowwise_adagrad_on_dense_parameters_with_biases() -> None:
     state = opt.state_dict()
     assert len(state["parts"]) == 2
     opt.load_state_dict(state)
+
+
+def test_min_epochs_holds_off_early_stopping():
+    """With a learning rate too small to change any ranking, validation never improves on
+    epoch 0: patience 1 stops after epoch 1, unless min_epochs holds the run to 5 epochs
+    (the best weights, epoch 0's, are still the ones tested)."""
+    data = planted(np.random.default_rng(0))
+    params = TrainParams(optimizer=TableOptimizerSpec(lr=1e-12), batch_size=512,
+                         max_epochs=20, eval_every=1, patience=1, seed=7, threads=1)
+    model_params = {"dim": 16, "layers": 2}
+    early = run_cf(data, "lightgcn", model_params, params=params)
+    held = run_cf(data, "lightgcn", model_params,
+                  params=params.model_copy(update={"min_epochs": 5}))
+    assert (early["epochs"], early["best_epoch"]) == (2, 0)
+    assert (held["epochs"], held["best_epoch"]) == (5, 0)
+    assert held["test"] == early["test"]

@@ -31,6 +31,16 @@ def _run(root: str, *extra: str) -> dict:
     return train_job.run(cfg, None)
 
 
+def test_train_min_epochs_holds_off_early_stopping(tmp_path: Path) -> None:
+    """The runner honours train.min_epochs: a learning rate too small to change a ranking
+    stops after patience 1 at epoch 1, or runs to min_epochs."""
+    args = ("train.optimizer.lr=1e-12", "train.patience=1", "train.max_epochs=20")
+    early = _run(str(tmp_path), *args, "train.run_name=early")
+    held = _run(str(tmp_path), *args, "train.min_epochs=4", "train.run_name=held")
+    assert (early["epochs"], early["best_epoch"]) == (2, 0)
+    assert (held["epochs"], held["best_epoch"]) == (4, 0)
+
+
 def test_train_in_process_summary_files_and_snapshot(tmp_path: Path) -> None:
     out = _run(str(tmp_path), "train.max_epochs=4")
     assert set(METRICS) <= set(out["test"]) and set(METRICS) <= set(out["valid"])

@@ -435,7 +435,7 @@ def run_training(inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> dict[st
             else:
                 st["bad"] += 1
             st["evals"] += 1
-            st["done"] = st["bad"] >= t.patience
+            st["done"] = st["bad"] >= t.patience and epoch + 1 >= t.min_epochs
             log.info("epoch %d loss %.4f valid %s %.4f (best %.4f @ %d)", epoch,
                      losses.get("loss", float("nan")), select, valid[select], st["best"],
                      st["best_epoch"])

@@ -382,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[2023])
     ap.add_argument("--max-epochs", type=int, default=300)
     ap.add_argument("--min-epochs", type=int, default=0,
-                    help="real: no early stop before this many epochs (TrainParams.min_epochs)")
+                    help="real: no early stop before this many epochs (TrainParams."
+                    "min_epochs; 0 here, the reference schedule of the recorded tables)")
     ap.add_argument("--epochs", type=int, default=5, help="timed epochs (cost)")
     ap.add_argument("--steps", type=int, default=0, help="cost: time this many single steps "
                     "instead of whole epochs (each includes sampling one epoch's negatives)")

@@ -101,7 +101,8 @@ def run_job(path: Path, seed: int, threads: int) -> dict:
     root = tempfile.mkdtemp(prefix="recalign-train-cf-")
     cfg = load_config(None, ["data.source=rlmrec", f"data.path={path}", "data.split.method=given",
                              "model.preset=" + PRESET, f"train.seed={seed}",
-                             f"train.threads={threads}", f"output.root={root}"])
+                             f"train.threads={threads}", f"output.root={root}",
+                             "train.min_epochs=0"])  # the reference schedule, as run_cf here
     res = train_job.run(cfg, None)
     c = json.loads(Path(res["run_dir"], "curves.json").read_text())
     res["history"] = [{"epoch": e, "valid": {"recall@20": v}}
@@ -151,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.job:
             res = run_job(args.data, seed, threads)
         else:
-            res = run_cf(data, "lightgcn", preset=PRESET,
-                         params=TrainParams(seed=seed, threads=threads))
+            res = run_cf(data, "lightgcn", preset=PRESET,  # min_epochs 0: reference schedule
+                         params=TrainParams(seed=seed, threads=threads, min_epochs=0))
         wall = time.perf_counter() - t
         runs.append({"seed": seed, "test": res["test"], "valid": res["valid"],
                      "best_epoch": res["best_epoch"], "epochs": res["epochs"],

@@ -358,8 +358,10 @@ def test_min_epochs_holds_off_early_stopping():
     (the best weights, epoch 0's, are still the ones tested)."""
     data = planted(np.random.default_rng(0))
     params = TrainParams(optimizer=TableOptimizerSpec(lr=1e-12), batch_size=512,
-                         max_epochs=20, eval_every=1, patience=1, seed=7, threads=1)
+                         max_epochs=20, eval_every=1, patience=1, seed=7, threads=1,
+                         min_epochs=0)
     model_params = {"dim": 16, "layers": 2}
+    assert TrainParams().min_epochs == 30  # the default floor
     early = run_cf(data, "lightgcn", model_params, params=params)
     held = run_cf(data, "lightgcn", model_params,
                   params=params.model_copy(update={"min_epochs": 5}))

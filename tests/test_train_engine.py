@@ -35,7 +35,7 @@ def test_train_min_epochs_holds_off_early_stopping(tmp_path: Path) -> None:
     """The runner honours train.min_epochs: a learning rate too small to change a ranking
     stops after patience 1 at epoch 1, or runs to min_epochs."""
     args = ("train.optimizer.lr=1e-12", "train.patience=1", "train.max_epochs=20")
-    early = _run(str(tmp_path), *args, "train.run_name=early")
+    early = _run(str(tmp_path), *args, "train.min_epochs=0", "train.run_name=early")
     held = _run(str(tmp_path), *args, "train.min_epochs=4", "train.run_name=held")
     assert (early["epochs"], early["best_epoch"]) == (2, 0)
     assert (held["epochs"], held["best_epoch"]) == (4, 0)

@@ -320,7 +320,8 @@ class TrainConfig(Section):
     max_epochs: int = Field(3000, ge=1)
     eval_every: int = Field(3, ge=1, description="validate after epoch e when e % eval_every == 0")
     patience: int = Field(5, ge=1, description="validations without improvement before stopping")
-    min_epochs: int = Field(0, ge=0, description="never stop early before this many epochs")
+    min_epochs: int = Field(30, ge=0, description="never stop early before this many epochs "
+                            "(0: the reference schedule, which has no floor)")
     threads: int | None = Field(1, ge=1, description="torch threads per worker")
     optimizer: OptimizerConfig = OptimizerConfig()
     propagation: PropagationConfig = PropagationConfig()

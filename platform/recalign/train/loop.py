@@ -44,9 +44,10 @@ class TrainParams(BaseModel):
     max_epochs: int = Field(3000, ge=1)
     eval_every: int = Field(3, ge=1, description="validate after epoch e when e % eval_every == 0")
     patience: int = Field(5, ge=1, description="validations without improvement before stopping")
-    min_epochs: int = Field(0, ge=0, description="never stop early before this many epochs "
+    min_epochs: int = Field(30, ge=0, description="never stop early before this many epochs "
                             "(an early validation peak — a model that first fits popularity "
-                            "— can otherwise end a slower-starting run; docs/results.md)")
+                            "— can otherwise end a slower-starting run; docs/results.md); "
+                            "0: the reference schedule, which has no floor")
     seed: int = 2023
     threads: int | None = Field(None, ge=1, description="torch.set_num_threads; None: leave")
     protocol: str = "rlmrec"

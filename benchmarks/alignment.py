@@ -170,6 +170,8 @@ def run_one(data: CFData, sem: SemanticVectors | None, backbone: str, variant: s
     return {"backbone": backbone, "variant": variant, "seed": seed, "test": res["test"],
             "valid": res["valid"], "best_epoch": res["best_epoch"], "epochs": res["epochs"],
             "hit_max_epochs": res["epochs"] >= max_epochs, "min_epochs": min_epochs,
+            "valid_curve": [[h["epoch"], round(h["valid"]["recall@20"], 4)]
+                            for h in res["history"] if "valid" in h],
             "train_seconds": round(res["train_seconds"], 1),
             "wall_seconds": round(time.perf_counter() - t, 1),
             "align_params": align_params or {},

@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/alignment.py cost        # median epoch time vs base, 1536-d vectors
     .venv/bin/python benchmarks/alignment.py search      # DaRec K, N-hat, lambda, width on valid
     .venv/bin/python benchmarks/alignment.py real --datasets ml --backbones lightgcn --seeds 1 2 3
+    .venv/bin/python benchmarks/alignment.py real --datasets unisrec:/data/amazon-xyz  # other data
 
 Single process, ``--threads`` (1) torch threads, runs one after another. Semantic vectors until
 the LLM stage's profiles are used: all-MiniLM-L6-v2 (384-d, L2-normalised) of each item's text
@@ -94,8 +95,25 @@ def log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- data + vectors
+def dataset_config(name: str) -> dict[str, Any]:
+    """A named set of ``DATASETS``, or ``SOURCE:PATH`` for any other data with text (any
+    ``data.source`` of the platform, e.g. ``unisrec:/data/amazon-xyz``, ``movielens:/data/ml``)
+    with the same protocol: random 3:1:1 split, MovieLens positives rating >= 3."""
+    if name in DATASETS:
+        return DATASETS[name]
+    source, sep, path = name.partition(":")
+    if not sep or not path:
+        raise SystemExit(f"unknown dataset {name!r}: one of {', '.join(DATASETS)} or SOURCE:PATH "
+                         "(e.g. unisrec:/data/amazon-xyz)")
+    cfg: dict[str, Any] = {"source": source, "path": path,
+                           "split": {"method": "random", "ratios": [0.6, 0.2, 0.2]}}
+    if source == "movielens":
+        cfg["min_rating"] = 3.0
+    return cfg
+
+
 def load(name: str):
-    ds = load_dataset(DataConfig(**DATASETS[name]))
+    ds = load_dataset(DataConfig(**dataset_config(name)))
     return ds, CFData.from_dataset(ds)
 
 
@@ -378,7 +396,9 @@ def suite_search(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("suite", choices=["synthetic", "cost", "real", "search"])
-    ap.add_argument("--datasets", nargs="+", default=None)
+    ap.add_argument("--datasets", nargs="+", default=None,
+                    help=f"{', '.join(DATASETS)}, or SOURCE:PATH for other data with text "
+                    "(e.g. unisrec:/data/amazon-xyz)")
     ap.add_argument("--backbones", nargs="+", default=["lightgcn"])
     ap.add_argument("--variants", nargs="+", default=None)
     ap.add_argument("--seeds", nargs="+", type=int, default=[2023])

@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from recalign.align.base import build_alignment  # noqa: E402
+from recalign.align.precision import native_bf16  # noqa: E402
 from recalign.align.presets import model_overrides, resolve  # noqa: E402
 from recalign.align.semantic import SemanticVectors, from_arrays  # noqa: E402
 from recalign.align.semantic_only import SemanticOnly  # noqa: E402
@@ -193,6 +194,7 @@ def run_one(data: CFData, sem: SemanticVectors | None, backbone: str, variant: s
             "train_seconds": round(res["train_seconds"], 1),
             "wall_seconds": round(time.perf_counter() - t, 1),
             "align_params": align_params or {},
+            "precision": "bf16" if getattr(align, "bf16", False) else "fp32",
             # the DaRec setting in force (DAREC_DEFAULT, updated by --darec), for the tables
             **({"darec_params": dict(DAREC_DEFAULT)} if variant.endswith("darec") else {})}
 
@@ -297,7 +299,8 @@ def suite_cost(args: argparse.Namespace) -> None:
     for variant in args.variants:
         for bf16 in ([False, True] if variant != "base" and args.bf16 else [False]):
             rng = seed_everything(0)
-            extra = {"bf16": True} if bf16 else None
+            # explicit both ways: DaRec's default (bf16 "auto") depends on the hardware
+            extra = None if variant == "base" else {"bf16": bf16}
             model, align = build(variant, "lightgcn", data, sem, extra)
             opt = ModelOptimizer([model, *([align] if align is not None else [])],
                                  TableOptimizerSpec())
@@ -328,9 +331,12 @@ def suite_cost(args: argparse.Namespace) -> None:
     for r in res:
         print(f"| {r['variant']} | {r['median_s']:.3f} | {r['ratio']:.2f} | "
               f"{r['ratio_paired']:.2f} |")
+    auto = "bf16" if native_bf16() else "fp32"
+    print(f"(labels without bf16 are fp32; `bf16: auto`, DaRec's default, is {auto} here)")
     (OUT / "alignment_cost.json").write_text(json.dumps(
         {"threads": args.threads, "epochs": args.epochs, "steps": args.steps, "runs": res,
-         "cpus": os.cpu_count(), "darec": dict(DAREC_DEFAULT)}, indent=2))
+         "cpus": os.cpu_count(), "darec": dict(DAREC_DEFAULT), "auto_precision": auto},
+        indent=2))
 
 
 #: staged grids of the ``search`` suite (one key at a time, the best value kept for the next)

@@ -456,7 +456,7 @@ def test_darec_global_structure_centred_and_on_representations() -> None:
         torch.manual_seed(0)
         dr = DaRec(sem, dim=3, params=DaRec.Params(
             n_sample=10, k=2, width=4, weight=0.5, reg_weight=0.0, glo_on="representations",
-            glo_centre=True, glo_constant=constant,
+            glo_centre=True, glo_constant=constant, bf16=False,
             term_weights={"or": 0.0, "uni": 0.0, "loc": 0.0}))
         state = dr._gen.get_state()
         idx = dr.sample()
@@ -502,6 +502,40 @@ def test_darec_bf16_semantic_side_tracks_fp32() -> None:
         assert parts[True][k] == pytest.approx(v, rel=0.01, abs=0.01), k
     cos = F.cosine_similarity(grads[True].flatten(), grads[False].flatten(), dim=0)
     assert float(cos) > 0.99
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_auto_follows_native_support(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    """``bf16: auto`` (DaRec's default; accepted by Con and Gen) stores and multiplies the
+    semantic side in bf16 exactly where the hardware multiplies bf16 natively. The CPU
+    capability probes are replaced (an injected fault: the test must cover both kinds of CPU
+    whatever this machine is); explicit true/false ignore them."""
+    import recalign.align.precision as prec
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert prec.native_bf16() is native and prec.native_bf16("cpu") is native
+    assert prec.resolve_bf16("auto") is native
+    assert prec.resolve_bf16(True) is True and prec.resolve_bf16(False) is False
+    assert prec.native_bf16("meta") is False
+    rng = np.random.default_rng(0)
+    sem = from_arrays(rng.standard_normal((6, 5)), rng.standard_normal((4, 5)))
+    want = torch.bfloat16 if native else torch.float32
+    dr = DaRec(sem, dim=3, params=DaRec.Params(n_sample=8, k=2, width=4))
+    assert DaRec.Params().bf16 == "auto" and dr.bf16 is native and dr.sem.dtype == want
+    for flag in (True, False):  # explicit settings win over the probe
+        d2 = DaRec(sem, dim=3, params=DaRec.Params(n_sample=8, k=2, width=4, bf16=flag))
+        assert d2.sem.dtype == (torch.bfloat16 if flag else torch.float32)
+    con = RLMRecCon(sem, dim=3, params=RLMRecCon.Params(bf16="auto"))
+    gen = RLMRecGen(sem, dim=3, params=RLMRecGen.Params(bf16="auto"))
+    assert con.sem_users.dtype == want and gen.sem.dtype == want
+    # Con and Gen keep the reference precision unless asked
+    assert RLMRecCon(sem, dim=3).sem_users.dtype == torch.float32
+    assert RLMRecGen(sem, dim=3).sem.dtype == torch.float32
+    from pydantic import ValidationError
+    with pytest.raises(ValidationError, match="bf16"):
+        DaRec.Params(bf16="fast")
 
 
 def test_darec_term_weights_scale_each_term() -> None:
@@ -588,7 +622,7 @@ def test_darec_sampled_subgraph_rows_pair_with_their_global_vectors() -> None:
     rng = np.random.default_rng(1)
     sem = from_arrays(rng.standard_normal((6, 5)), rng.standard_normal((4, 5)),
                       user_mask=[True] * 4 + [False, True])
-    dr = DaRec(sem, dim=3, params=DaRec.Params(n_sample=100, k=2, width=4))
+    dr = DaRec(sem, dim=3, params=DaRec.Params(n_sample=100, k=2, width=4, bf16=False))
     seen = {}
 
     def terms(e_c, e_l, l_sq):
@@ -805,11 +839,21 @@ def test_alignment_under_sampled_propagation(tmp_path, backbone: str, method: st
     ds = load_dataset(cfg.data)
     rng = np.random.default_rng(0)
     for side, m in (("users", ds.user_map), ("items", ds.item_map)):
-        np.save(tmp_path / f"{side}.npy", rng.standard_normal((len(m), 12)).astype(np.float32))
+        keep = np.arange(7 if side == "items" else 0, len(m))  # 7 items without a vector
+        np.save(tmp_path / f"{side}.npy", rng.standard_normal((len(keep), 12)).astype(np.float32))
         (tmp_path / f"{side}.keys.txt").write_text(
-            "\n".join(m.key_of(np.arange(len(m))).to_pylist()) + "\n")
+            "\n".join(m.key_of(keep).to_pylist()) + "\n")
     out = train_job.run(cfg, None)
     assert out["propagation"] == "sampled"
+    # the run summary counts the entities without a vector and names the precision in force
+    from recalign.align.precision import native_bf16
+
+    sem = out["align"]["semantic"]
+    assert out["align"]["method"] == method and sem["dim"] == 12
+    assert sem["items"]["without_vector"] == 7 and sem["users"]["without_vector"] == 0
+    assert sem["items"]["with_vector"] == len(ds.item_map) - 7
+    assert out["align"]["precision"] == ("bf16" if method == "darec" and native_bf16()
+                                         else "fp32")
     curves = _json.loads((Path(out["run_dir"]) / "curves.json").read_text())
     term = {"rlmrec-con": "align_con", "rlmrec-gen": "align_gen", "darec": "align_darec_glo"}
     assert all(v > 0 for v in curves["loss"][term[method]]), curves["loss"].keys()

@@ -44,7 +44,8 @@ from torch import nn
 
 from recalign.align.base import Alignment, register_alignment
 from recalign.align.kmeans import MiniBatchKMeans, ReduceFn, greedy_match
-from recalign.align.rlmrec_con import autocast, backbone_reg_weight, own_l2, projection_mlp
+from recalign.align.precision import Bf16, autocast, resolve_bf16
+from recalign.align.rlmrec_con import backbone_reg_weight, own_l2, projection_mlp
 from recalign.align.semantic import SemanticVectors
 
 
@@ -82,9 +83,11 @@ class DaRecParams(BaseModel):
     term_weights: dict[Literal["or", "uni", "glo", "loc"], float] = Field(
         default_factory=dict, description="extra multiplier per term on top of lambda (default "
         "1 each: the paper's single lambda); an extension for the search, not in the paper")
-    bf16: bool = Field(False, description="keep the semantic vectors in bfloat16 (half the "
+    bf16: Bf16 = Field("auto", description="keep the semantic vectors in bfloat16 (half the "
                        "memory) and run the semantic side's products in bf16 (fp32 "
-                       "accumulation); the CF side stays fp32")
+                       "accumulation); the CF side stays fp32. auto (default): bf16 where the "
+                       "hardware multiplies it natively, else fp32 (align/precision.py; "
+                       "accuracy equal to fp32 on three sets, docs/results.md)")
 
     @field_validator("term_weights")
     @classmethod
@@ -251,7 +254,8 @@ class DaRec(Alignment):
         self.km_c = MiniBatchKMeans(p.k, p.width, **kw)  # type: ignore[arg-type]
         self.km_l = MiniBatchKMeans(p.k, p.width, **kw)  # type: ignore[arg-type]
         sem, mask = semantic.all_nodes()
-        if p.bf16:
+        self.bf16 = resolve_bf16(p.bf16)
+        if self.bf16:
             sem = sem.bfloat16()
         self.register_buffer("sem", sem, persistent=False)
         self.register_buffer("has_sem", mask, persistent=False)
@@ -292,7 +296,7 @@ class DaRec(Alignment):
         """The four unweighted DaRec terms for CF rows ``e_c`` and semantic rows ``e_l``
         (``l_sq``: their squared norms, if known)."""
         c_sh, c_sp = two_heads(e_c, self.c_sh, self.c_sp)
-        with autocast(self.params.bf16, e_l.device):
+        with autocast(self.bf16, e_l.device):
             l_sh, l_sp = (t.float() for t in two_heads(e_l, self.l_sh, self.l_sp))
         nc, nl = F.normalize(c_sh, dim=-1), F.normalize(l_sh, dim=-1)
         ic, _ = self.km_c.update(nc)

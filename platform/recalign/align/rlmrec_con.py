@@ -22,7 +22,6 @@ the backbone's ``reg_weight``.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, ClassVar
 
 import torch
@@ -30,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from recalign.align.base import Alignment, register_alignment
+from recalign.align.precision import Bf16, autocast, resolve_bf16
 from recalign.align.row_logsumexp import row_logsumexp_sum
 from recalign.align.semantic import SemanticVectors
 
@@ -44,8 +44,9 @@ class ConParams(BaseModel):
                                  "user's projection (reference); batch: the batch's users")
     reg_weight: float | None = Field(None, ge=0, description="L2 over the MLP; default: the "
                                      "backbone's reg_weight")
-    bf16: bool = Field(False, description="store the semantic vectors in bf16 and run the "
-                       "projection MLP under CPU/GPU bf16 autocast")
+    bf16: Bf16 = Field(False, description="store the semantic vectors in bf16 and run the "
+                       "projection MLP under CPU/GPU bf16 autocast; auto: where the hardware "
+                       "multiplies bf16 natively (align/precision.py)")
 
 
 def projection_mlp(d_in: int, d_out: int, hidden: int | None = None) -> nn.Sequential:
@@ -94,12 +95,6 @@ def own_l2(module: nn.Module) -> torch.Tensor:
     return sum((p.square().sum() for p in module.parameters()), torch.zeros(()))
 
 
-def autocast(enabled: bool, device: torch.device) -> Any:
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
 def backbone_reg_weight(backbone: Any) -> float:
     return float(getattr(getattr(backbone, "params", None), "reg_weight", 0.0) or 0.0)
 
@@ -115,7 +110,8 @@ class RLMRecCon(Alignment):
         self.reg_weight = self.params.reg_weight if self.params.reg_weight is not None else reg_weight
         self.mlp = projection_mlp(semantic.dim, dim)
         # bf16: the vectors are stored in bf16 (half the memory; autocast then converts nothing)
-        dtype = torch.bfloat16 if self.params.bf16 else torch.float32
+        self.bf16 = resolve_bf16(self.params.bf16)
+        dtype = torch.bfloat16 if self.bf16 else torch.float32
         users_with = torch.nonzero(semantic.users.mask).flatten()
         slot = torch.full((semantic.n_users,), -1, dtype=torch.long)
         slot[users_with] = torch.arange(users_with.numel())
@@ -135,7 +131,7 @@ class RLMRecCon(Alignment):
         return cls(semantic, dim, p, reg_weight=backbone_reg_weight(backbone))
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
-        with autocast(self.params.bf16, x.device):
+        with autocast(self.bf16, x.device):
             y = self.mlp(x)
         return y.float()
 

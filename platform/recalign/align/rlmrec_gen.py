@@ -29,7 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from recalign.align.base import Alignment, register_alignment
-from recalign.align.rlmrec_con import autocast, backbone_reg_weight, own_l2, projection_mlp
+from recalign.align.precision import Bf16, autocast, resolve_bf16
+from recalign.align.rlmrec_con import backbone_reg_weight, own_l2, projection_mlp
 from recalign.align.semantic import SemanticVectors
 
 
@@ -41,8 +42,9 @@ class GenParams(BaseModel):
     tau: float = Field(0.5, gt=0, description="reconstruction temperature tau_r")
     reg_weight: float | None = Field(None, ge=0, description="L2 over token + MLP; default: "
                                      "the backbone's reg_weight")
-    bf16: bool = Field(False, description="store the semantic vectors in bf16 and run sigma_up "
-                       "and the similarity under bf16 autocast")
+    bf16: Bf16 = Field(False, description="store the semantic vectors in bf16 and run sigma_up "
+                       "and the similarity under bf16 autocast; auto: where the hardware "
+                       "multiplies bf16 natively (align/precision.py)")
 
 
 def ssl_con_loss(x: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
@@ -68,7 +70,8 @@ class RLMRecGen(Alignment):
         self.mask_token = nn.Parameter(torch.zeros(1, layer0_dim or dim))
         self.mlp = projection_mlp(dim, semantic.dim)
         sem, mask = semantic.all_nodes()
-        if self.params.bf16:  # half the memory, and autocast converts nothing per step
+        self.bf16 = resolve_bf16(self.params.bf16)
+        if self.bf16:  # half the memory, and autocast converts nothing per step
             sem = sem.bfloat16()
         self.register_buffer("sem", sem, persistent=False)
         self.register_buffer("has_sem", mask, persistent=False)
@@ -117,7 +120,7 @@ class RLMRecGen(Alignment):
         losses: dict[str, torch.Tensor] = {}
         if seeds.numel():
             enc = torch.cat([out.all_users, out.all_items], 0).index_select(0, seeds)
-            with autocast(self.params.bf16, enc.device):
+            with autocast(self.bf16, enc.device):
                 x = self.mlp(enc)
                 recon = ssl_con_loss(x, self.sem.index_select(0, nodes), self.params.tau)
             losses["align_gen"] = self.params.recon_weight * recon.float()

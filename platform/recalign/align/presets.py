@@ -130,7 +130,9 @@ def build_from_config(align_cfg: Any, backbone: Any, *, user_map: Any, item_map:
     from recalign.align.semantic import load_semantic
 
     if align_cfg.method == "none":
-        return build_alignment("none")
+        align = build_alignment("none")
+        align.summary = {"method": "none"}
+        return align
     if semantic is None:
         semantic = load_semantic(align_cfg.semantic.users, align_cfg.semantic.items, user_map,
                                  item_map, shuffle=align_cfg.semantic_shuffle,
@@ -140,8 +142,8 @@ def build_from_config(align_cfg: Any, backbone: Any, *, user_map: Any, item_map:
     params = {**resolve(align_cfg.method, backbone.name, align_cfg.preset)["align"],
               **align_cfg.params}
     try:
-        return build_alignment(align_cfg.method, semantic=semantic, dim=backbone_dim(backbone),
-                               params=params, backbone=backbone, **extra)
+        align = build_alignment(align_cfg.method, semantic=semantic, dim=backbone_dim(backbone),
+                                params=params, backbone=backbone, **extra)
     except Exception as exc:  # pydantic errors name the key; say which section it is
         from pydantic import ValidationError
         if isinstance(exc, ValidationError):
@@ -150,3 +152,8 @@ def build_from_config(align_cfg: Any, backbone: Any, *, user_map: Any, item_map:
                 f"{'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
                 for e in exc.errors())) from None
         raise
+    # for the run summary: the vectors matched (entities without one are counted there) and
+    # the precision "auto" resolved to on this machine
+    align.summary = {"method": align_cfg.method, "semantic": semantic.summary,
+                     "precision": "bf16" if getattr(align, "bf16", False) else "fp32"}
+    return align

@@ -492,6 +492,7 @@ def run_training(inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> dict[st
                "workers": d.world, "propagation": t.propagation.mode,
                "resumed_from_epoch": resumed_from, "run_dir": inp.run_dir,
                "pairs_trained": st["pairs"],
+               "align": getattr(align, "summary", {"method": cfg.align.method}),
                "warm_start": None if warm is None else {"from": warm.source, **warm.counts},
                "pairs_per_s": round(st["pairs"] / st["train_s"], 1) if st["train_s"] else None,
                "peak_rss_mb": [round(x, 1) for x in rss]}

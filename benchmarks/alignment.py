@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from recalign.align.base import build_alignment  # noqa: E402
-from recalign.align.precision import native_bf16  # noqa: E402
+from recalign.align.precision import native_bf16, precision_of  # noqa: E402
 from recalign.align.presets import model_overrides, resolve  # noqa: E402
 from recalign.align.semantic import SemanticVectors, from_arrays  # noqa: E402
 from recalign.align.semantic_only import SemanticOnly  # noqa: E402
@@ -194,7 +194,7 @@ def run_one(data: CFData, sem: SemanticVectors | None, backbone: str, variant: s
             "train_seconds": round(res["train_seconds"], 1),
             "wall_seconds": round(time.perf_counter() - t, 1),
             "align_params": align_params or {},
-            "precision": "bf16" if getattr(align, "bf16", False) else "fp32",
+            "precision": precision_of(align),
             # the DaRec setting in force (DAREC_DEFAULT, updated by --darec), for the tables
             **({"darec_params": dict(DAREC_DEFAULT)} if variant.endswith("darec") else {})}
 

@@ -527,6 +527,8 @@ def test_bf16_auto_follows_native_support(monkeypatch: pytest.MonkeyPatch, nativ
     for flag in (True, False):  # explicit settings win over the probe
         d2 = DaRec(sem, dim=3, params=DaRec.Params(n_sample=8, k=2, width=4, bf16=flag))
         assert d2.sem.dtype == (torch.bfloat16 if flag else torch.float32)
+    assert prec.precision_of(dr) == ("bf16" if native else "fp32")
+    assert prec.precision_of(build_alignment("none")) == "fp32"
     con = RLMRecCon(sem, dim=3, params=RLMRecCon.Params(bf16="auto"))
     gen = RLMRecGen(sem, dim=3, params=RLMRecGen.Params(bf16="auto"))
     assert con.sem_users.dtype == want and gen.sem.dtype == want

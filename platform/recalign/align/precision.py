@@ -39,6 +39,12 @@ def resolve_bf16(flag: Bf16, device: torch.device | str | None = None) -> bool:
     return bool(flag)
 
 
+def precision_of(module: Any) -> str:
+    """``"bf16"`` or ``"fp32"``: what an alignment's semantic side runs in (its resolved
+    ``bf16``; modules without one are fp32). For run summaries and benchmark records."""
+    return "bf16" if getattr(module, "bf16", False) is True else "fp32"
+
+
 def autocast(enabled: bool, device: torch.device) -> Any:
     """bf16 autocast on ``device`` when ``enabled``, else nothing."""
     if not enabled:

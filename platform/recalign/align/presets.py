@@ -127,6 +127,7 @@ def build_from_config(align_cfg: Any, backbone: Any, *, user_map: Any, item_map:
     ``align.semantic.users/items``); ``extra`` goes to the alignment (``group``, ``reduce_fn``,
     ``rank`` for distributed DaRec)."""
     from recalign.align.base import build_alignment
+    from recalign.align.precision import precision_of
     from recalign.align.semantic import load_semantic
 
     if align_cfg.method == "none":
@@ -155,5 +156,5 @@ def build_from_config(align_cfg: Any, backbone: Any, *, user_map: Any, item_map:
     # for the run summary: the vectors matched (entities without one are counted there) and
     # the precision "auto" resolved to on this machine
     align.summary = {"method": align_cfg.method, "semantic": semantic.summary,
-                     "precision": "bf16" if getattr(align, "bf16", False) else "fp32"}
+                     "precision": precision_of(align)}
     return align

@@ -52,7 +52,7 @@ from recalign.align.semantic import SemanticVectors
 class DaRecParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    weight: float = Field(3e-6, ge=0, description="lambda: weight of the summed DaRec terms "
+    weight: float = Field(5e-6, ge=0, description="lambda: weight of the summed DaRec terms "
                           "(with L_glo a sum over N-hat^2 pairs; chosen by the validation "
                           "search in docs/results.md)")
     n_sample: int = Field(1024, ge=4, description="N-hat: rows sampled per step (per worker)")

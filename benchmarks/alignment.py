@@ -367,8 +367,12 @@ def suite_search(args: argparse.Namespace) -> None:
     start = DAREC_DEFAULT if args.search_start == "default" else DAREC_SEARCH_START
     best: dict[str, Any] = (dict(start) if method == "darec"
                             else dict(resolve(METHOD[method], args.backbones[0], PRESET)["align"]))
-    grid = [(k, json.loads(args.grid).get(k, v)) for k, v in GRIDS[method]] if args.grid else \
-        GRIDS[method]
+    over = json.loads(args.grid) if args.grid else {}
+    unknown = set(over) - {k for k, _ in GRIDS[method]}
+    if unknown:
+        raise SystemExit(f"--grid: {sorted(unknown)} not in the {method} grid "
+                         f"({[k for k, _ in GRIDS[method]]})")
+    grid = [(k, over.get(k, v)) for k, v in GRIDS[method]]
     base = run_one(data, sem, args.backbones[0], "base", args.seeds[0], args.max_epochs,
                    args.threads, min_epochs=args.min_epochs)
     log(f"search {dname} base: valid R@20 {base['valid']['recall@20']:.4f}")

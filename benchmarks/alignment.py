@@ -39,11 +39,11 @@ from recalign.align.base import build_alignment  # noqa: E402
 from recalign.align.precision import native_bf16, precision_of  # noqa: E402
 from recalign.align.presets import model_overrides, resolve  # noqa: E402
 from recalign.align.semantic import SemanticVectors, from_arrays  # noqa: E402
-from recalign.align.semantic_only import SemanticOnly  # noqa: E402
+from recalign.models.semantic_only import SemanticOnly  # noqa: E402
 from recalign.config import DataConfig  # noqa: E402
 from recalign.data.ingest import load_dataset  # noqa: E402
 from recalign.data.sampler import BPRSampler  # noqa: E402
-from recalign.models.registry import build_backbone, get_backbone, known_backbones  # noqa: E402
+from recalign.models.registry import build_backbone, cf_backbones, get_backbone  # noqa: E402
 from recalign.tables.optim import ModelOptimizer, TableOptimizerSpec  # noqa: E402
 from recalign.train.loop import CFData, TrainParams, fit, seed_everything, train_epoch  # noqa: E402
 
@@ -247,8 +247,8 @@ def suite_runs(args: argparse.Namespace, datasets: list[str], variants: list[str
         log(f"{dname}: {data.n_users} users x {data.n_items} items, train {data.train.nnz}; "
             f"vectors ({args.semantic}) {sem.summary}")
         for backbone in args.backbones:
-            if backbone not in known_backbones():
-                log(f"skip backbone {backbone}: not registered")
+            if backbone not in cf_backbones():
+                log(f"skip backbone {backbone}: not a registered CF backbone")
                 continue
             for seed in args.seeds:
                 for variant in variants:

@@ -27,7 +27,7 @@ from recalign.data.idmap import IdMap
 from recalign.data.sampler import BPRBatch, BPRSampler
 from recalign.errors import ConfigError, DataError
 from recalign.models.base import RecOutput
-from recalign.models.registry import build_backbone, known_backbones
+from recalign.models.registry import build_backbone, cf_backbones, known_backbones
 from recalign.tables.optim import ModelOptimizer, TableOptimizerSpec
 from recalign.train.loop import CFData, TrainParams, fit, train_epoch
 
@@ -84,7 +84,7 @@ def _batch(train: sp.csr_matrix, rng: np.random.Generator, size: int = 64) -> BP
 
 # ------------------------------------------------------------------ cross product
 @pytest.mark.parametrize("method", ["none", "rlmrec-con", "rlmrec-gen", "darec"])
-@pytest.mark.parametrize("backbone", known_backbones())
+@pytest.mark.parametrize("backbone", cf_backbones())
 def test_every_alignment_trains_on_every_backbone(backbone: str, method: str, tmp_path) -> None:
     """Built from config alone; a few steps lower the alignment loss; its parameters get grads."""
     torch.manual_seed(0)
@@ -790,7 +790,7 @@ def test_con_dedupe_equals_naive_rows_value_and_gradient() -> None:
 
 def test_semantic_only_ranker_learns_from_vectors_alone() -> None:
     """Users like items whose vector matches theirs: the ranker beats chance clearly."""
-    from recalign.align.semantic_only import SemanticOnly
+    from recalign.models.semantic_only import SemanticOnly
     from recalign.eval.metrics import evaluate
 
     rng = np.random.default_rng(0)

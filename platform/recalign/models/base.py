@@ -95,6 +95,9 @@ class Backbone(nn.Module, abc.ABC):
     name: ClassVar[str] = ""
     #: the propagation adjacency has self-loops (GCCF); sampled mode samples from the same one
     self_loops: ClassVar[bool] = False
+    #: built from the semantic vectors (``build(..., semantic=...)``) instead of ID tables; such
+    #: a model has no CF representation, so no alignment applies to it
+    needs_semantic: ClassVar[bool] = False
 
     def combine_layers(self, layers: list[torch.Tensor]) -> torch.Tensor:
         """Final representation from layer outputs ``[E0, …, EL]`` (sum; GCCF concatenates)."""

@@ -29,6 +29,7 @@ def _load_builtin() -> None:
     # importing the modules registers them
     from recalign.models import lightgcn  # noqa: F401
     from recalign.models import autocf, dccf, gccf, sgl, simgcl  # noqa: F401
+    from recalign.models import semantic_only  # noqa: F401
 
 
 def resolve_params(name: str, params_cls: type, presets: dict[str, dict[str, Any]],
@@ -55,6 +56,12 @@ def resolve_params(name: str, params_cls: type, presets: dict[str, dict[str, Any
 def known_backbones() -> list[str]:
     _load_builtin()
     return sorted(_BACKBONES)
+
+
+def cf_backbones() -> list[str]:
+    """The registered backbones that learn ID embeddings (every one an alignment applies to)."""
+    _load_builtin()
+    return sorted(n for n, c in _BACKBONES.items() if not c.needs_semantic)
 
 
 def get_backbone(name: str) -> type[Backbone]:

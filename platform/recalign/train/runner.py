@@ -148,17 +148,31 @@ def check_inputs(cfg: Config, data: CFData) -> None:
                           "nothing to learn for them; re-split the data (data.split) or filter "
                           "them (data.kcore)")
     t = cfg.train
-    if t.workers > 1:
+    from recalign.models.registry import get_backbone
+
+    cls = get_backbone(cfg.model.backbone)
+    if t.workers > 1 and not cls.needs_semantic:  # a model without ID tables has no shards
         dev = "cuda" if t.use_gpu else "cpu"
         if not fused_supported(t.optimizer.name, dev) or t.optimizer.kernel == "dense":
             raise ConfigError(
                 f"train.optimizer.name {t.optimizer.name!r}: sharded tables (train.workers > 1) "
                 f"need an fbgemm fused optimizer, and on {dev} there is none for it (fused on "
                 f"cpu: sgd, adagrad, rowwise_adagrad; on cuda also adam)")
+    if cls.needs_semantic:  # the "semantic vectors only" ablation: no ID tables, no CF
+        src = cfg.align.semantic
+        if not (src.users and src.items):
+            raise ConfigError(f"model.backbone {cfg.model.backbone}: ranks by semantic vectors "
+                              "alone; set align.semantic.users and align.semantic.items")
+        if cfg.align.method != "none":
+            raise ConfigError(f"align.method {cfg.align.method}: model.backbone "
+                              f"{cfg.model.backbone} has no CF representation to align; use "
+                              "align.method none (or a CF backbone)")
+        if t.warm_start:
+            raise ConfigError(f"train.warm_start: model.backbone {cfg.model.backbone} has no "
+                              "ID tables to start from earlier rows; set train.warm_start "
+                              "false (in a nightly config: nightly.warm_start false)")
     if t.propagation.mode == "sampled":
-        from recalign.models.registry import get_backbone
-
-        build = get_backbone(cfg.model.backbone).build
+        build = cls.build
         if "full_graph" not in inspect.signature(build).parameters:
             raise ConfigError(f"train.propagation.mode sampled: backbone "
                               f"{cfg.model.backbone!r} supports full propagation only")
@@ -186,9 +200,22 @@ def run_training(inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> dict[st
     # built with the dense kernel first: the canonical seeded initial rows, which the fused or
     # sharded tables then receive, so every world size and kernel starts from the same rows
     cls = get_backbone(cfg.model.backbone)
+    semantic = None
+    if cls.needs_semantic:
+        from recalign.align.semantic import load_semantic
+
+        a = cfg.align
+        semantic = load_semantic(a.semantic.users, a.semantic.items, IdMap(inp.user_keys),
+                                 IdMap(inp.item_keys), shuffle=a.semantic_shuffle,
+                                 seed=a.shuffle_seed)
+        kwargs["semantic"] = semantic
     model = cls.build(data.train, params, optimizer=dense_spec, **kwargs)
+    has_tables = model.tables is not None
     warm = None
     if inp.warm_start is not None:  # before any copy below: every path starts from these rows
+        if not has_tables:
+            raise ConfigError(f"warm start: model.backbone {cfg.model.backbone} has no ID "
+                              "tables to start from layer-0 rows")
         from recalign.storage.snapshot import SnapshotStore
         from recalign.train.warm_start import apply_rows, read_warm_rows
 
@@ -197,7 +224,8 @@ def run_training(inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> dict[st
         warm = read_warm_rows(snap, inp.user_keys, inp.item_keys, int(params["dim"]))
         u0, i0 = model.tables.weights()
         apply_rows({"user": u0, "item": i0}, warm)
-    if not d.distributed and model.tables.kernel != resolve_kernel(spec, d.device):
+    if (not d.distributed and has_tables
+            and model.tables.kernel != resolve_kernel(spec, d.device)):
         init = model.tables.weights()
         model = cls.build(data.train, params, optimizer=spec, **kwargs)
         with torch.no_grad():
@@ -211,6 +239,8 @@ def run_training(inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> dict[st
                                if d.distributed else {})
     align = build_from_config(cfg.align, model, user_map=IdMap(inp.user_keys),
                               item_map=IdMap(inp.item_keys), **dist_kw)
+    if semantic is not None:  # the run summary counts entities without a vector
+        align.summary = {**align.summary, "semantic": semantic.summary}
     proto = get_protocol(ev.protocol)
     select = ev.select_metric or proto.select
     nsampler = None
@@ -221,7 +251,7 @@ def run_training(inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> dict[st
                                     self_loops=cls.self_loops)
 
     dmp = None
-    if d.distributed:
+    if d.distributed and has_tables:
         from recalign.tables.sharding import load_rows, shard_model
 
         u0, i0 = model.tables.weights()
@@ -234,12 +264,12 @@ def run_training(inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> dict[st
         dense = [p for m in (net, align) for p in m.parameters() if id(p) not in table_ids]
         opt = _Optim(dense_optimizer(dense, spec))
         fused_opt = dmp.fused_optimizer
-    else:
+    else:  # one process, or a model without ID tables (data parallel: grads all-reduced)
         net = model
-        fused_ids = net.tables.fused_parameter_ids()
+        fused_ids = net.tables.fused_parameter_ids() if has_tables else set()
         dense = [p for m in (net, align) for p in m.parameters() if id(p) not in fused_ids]
         opt = _Optim(dense_optimizer(dense, spec))
-        fused_opt = net.tables.fused_optimizer()
+        fused_opt = net.tables.fused_optimizer() if has_tables else None
     dense_params = [p for p in dense if p.requires_grad]
     # DMP initialises the shards from torch's RNG: re-seed at the same point for every world
     # size, so edge dropout draws the same masks in a 1-worker and an N-worker run
@@ -514,13 +544,16 @@ def export_rows(inp: RunInputs, d: Dist, dmp: Any, net: Any,
     ranges = owned_ranges(shards, {"user": n_users, "item": n_items}, d.rank, d.world,
                           sharded_tables)
     writer = inp.export.writer(d.rank)  # type: ignore[union-attr]
-    layer0 = layer0_tables(dmp, net)
+    # a model without ID tables (semantic-only) has no layer-0 rows: it exports its final
+    # representations only, and a warm start from that snapshot says there are no layer-0 rows
+    layer0 = layer0_tables(dmp, net) if net.tables is not None else None
     for table, rs in ranges.items():
         vecs = reps[0] if table == "user" else reps[1]
         keys = inp.user_keys if table == "user" else inp.item_keys
         for lo, hi in rs:
             write_rows(writer, table, lo, vecs[lo:hi], keys)
-            write_rows(writer, table, lo, layer0(table, lo, hi), keys, layer0=True)
+            if layer0 is not None:
+                write_rows(writer, table, lo, layer0(table, lo, hi), keys, layer0=True)
     return writer.parts_written()
 
 

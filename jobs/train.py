@@ -179,11 +179,35 @@ def _in_process(inp: Any, cfg: Config, resume: bool) -> dict[str, Any]:
     return out
 
 
+def for_workers(inp: Any) -> Any:
+    """``inp`` with every local path absolute: Ray Train runs a worker in its run's artifact
+    folder, where a config's relative ``data.path``, ``align.semantic.*`` or ``output.root``
+    (the default ``./recalign-data``) would name another place or nothing. The run's name and
+    config hash come from the config as written, so they do not change."""
+    import copy
+    import dataclasses
+
+    from recalign.storage.uri import absolute_local
+
+    tree = copy.deepcopy(inp.config)
+    tree["data"]["path"] = absolute_local(tree["data"].get("path"))
+    sem = tree["align"]["semantic"]
+    sem["users"], sem["items"] = absolute_local(sem.get("users")), absolute_local(sem.get("items"))
+    tree["output"]["root"] = absolute_local(tree["output"]["root"])
+    export = (None if inp.export is None
+              else dataclasses.replace(inp.export, root=absolute_local(inp.export.root)))
+    warm = (None if inp.warm_start is None
+            else {**inp.warm_start, "root": absolute_local(inp.warm_start["root"])})
+    return dataclasses.replace(inp, config=tree, run_dir=absolute_local(inp.run_dir),
+                               export=export, warm_start=warm)
+
+
 def _ray(inp: Any, cfg: Config, runs: str, name: str) -> dict[str, Any]:
     from recalign.operators.ray_env import ensure_ray, release_ray
     from recalign.operators.train_worker import run_trainer
     from recalign.storage.uri import fsspec_filesystem
 
+    inp = for_workers(inp)
     ensure_ray(cfg.train.workers, object_store_gib=1.0)
     try:
         result = run_trainer(inp, workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,

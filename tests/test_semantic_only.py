@@ -174,3 +174,37 @@ def test_semantic_only_workers_need_no_fused_optimizer(tmp_path: Path) -> None:
                                       "model.params={dim: 16}"))
     with pytest.raises(ConfigError, match="need an fbgemm fused optimizer"):
         check_inputs(cf, data)
+
+
+@pytest.fixture()
+def ray_local(tmp_path_factory: pytest.TempPathFactory):
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 2**20,
+                 log_to_driver=False, _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    yield
+    ray.shutdown()
+
+
+def test_ray_train_two_workers_with_relative_paths(tmp_path: Path, ray_local,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train.workers: 2`` on Ray Train with the config's paths relative to the job's
+    working directory (as in the default ``output.root: ./recalign-data``): a worker runs in
+    its run's artifact folder, so the job must hand it absolute paths. The semantic vectors
+    are read in the workers, the snapshot lands under the job's folder."""
+    from recalign.config import load_config
+    from recalign.jobs import train as train_job
+    from recalign.storage.snapshot import SnapshotStore
+
+    _write_planted_vectors(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    over = [*SYN, *TRAIN, "align.semantic.users=users.npy", "align.semantic.items=items.npy",
+            "output.root=./data-root", "train.workers=2", "train.max_epochs=6"]
+    out = train_job.run(load_config(None, over), None)
+    assert out["workers"] == 2 and out["test"]["recall@20"] > 0
+    assert out["align"]["semantic"]["items"]["without_vector"] == N_MISSING
+    snap = SnapshotStore(str(tmp_path / "data-root")).open(out["dataset"], "embeddings")
+    assert snap.rows("users") == 400 and snap.rows("items") == 300
+    assert Path(out["run_dir"], "result.json").is_file()
+    assert str(tmp_path / "data-root") in out["run_dir"]

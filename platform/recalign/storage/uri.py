@@ -29,6 +29,17 @@ def split_uri(uri: str) -> tuple[str, str]:
     raise ValueError(f"unsupported URI scheme {scheme!r} in {uri!r} (expected a path, file:// or s3://)")
 
 
+def absolute_local(uri: str | None) -> str | None:
+    """``uri`` with a relative local path made absolute against this process's working
+    directory (``s3://`` and None unchanged). For a process that ships paths to another one
+    that runs elsewhere (a Ray Train worker's working directory is its run's artifact folder)."""
+    if uri is None or ("://" in uri and not uri.lower().startswith("file://")):
+        return uri
+    if uri.lower().startswith("file://"):
+        return "file://" + str(Path(urlparse(uri).path).absolute())
+    return str(Path(uri).expanduser().absolute())
+
+
 def join(uri: str, *parts: str) -> str:
     out = uri.rstrip("/")
     for p in parts:

@@ -445,3 +445,66 @@ def test_amazon_reviews_malformed_line(tmp_path):
     with pytest.raises(DataError) as exc:
         load("amazon-reviews", p)
     assert str(p) in str(exc.value) and "line 3: not valid JSON" in str(exc.value)
+
+
+# Amazon Reviews 2023: the same fixture approach (real field names, millisecond timestamps,
+# items keyed by parent_asin, metadata with features/store/main_category)
+REVIEWS_2023 = [
+    {"rating": 5.0, "title": "Such a lovely scent", "text": "This spray is really nice.",
+     "images": [], "asin": "B00YQ6X8EO", "parent_asin": "B00YQ6X8EO",
+     "user_id": "AGKHLEW2SOWHNMFQIJGBECAF7INQ", "timestamp": 1588687728923,
+     "helpful_vote": 0, "verified_purchase": True},
+    {"rating": 4.0, "title": "Works", "text": "", "images": [], "asin": "B081TJ8YS3",
+     "parent_asin": "B08BBQ29N5", "user_id": "AGKHLEW2SOWHNMFQIJGBECAF7INQ",
+     "timestamp": 1588615855070, "helpful_vote": 1, "verified_purchase": True},
+]
+META_2023 = {"main_category": "All Beauty", "title": "Howard LC0008 Leather Conditioner",
+             "average_rating": 4.8, "rating_number": 10, "features": ["Restores leather."],
+             "description": [], "price": None, "images": [], "videos": [], "store": "Howard",
+             "categories": [], "details": {"Brand": "Howard"}, "parent_asin": "B08BBQ29N5",
+             "bought_together": None}
+
+
+def test_amazon_reviews_2023_format(tmp_path):
+    (tmp_path / "All_Beauty.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in REVIEWS_2023) + "\n")
+    (tmp_path / "meta_All_Beauty.jsonl").write_text(json.dumps(META_2023) + "\n")
+    raw = load("amazon-reviews", tmp_path)
+    assert interactions(raw).to_pylist() == [
+        {"user_key": "AGKHLEW2SOWHNMFQIJGBECAF7INQ", "item_key": "B00YQ6X8EO", "rating": 5.0,
+         "timestamp": 1588687728, "review": "This spray is really nice.", "split": None},
+        {"user_key": "AGKHLEW2SOWHNMFQIJGBECAF7INQ", "item_key": "B08BBQ29N5", "rating": 4.0,
+         "timestamp": 1588615855, "review": "Works", "split": None},  # parent, not variant
+    ]
+    (item,) = raw.items.to_pylist()
+    assert item["item_key"] == "B08BBQ29N5"
+    assert item["title"] == "Howard LC0008 Leather Conditioner"
+    assert item["description"] == "Restores leather."  # empty description: the features
+    assert json.loads(item["attributes"]) == {"categories": [], "main_category": "All Beauty",
+                                              "brand": "Howard"}
+    assert raw.report == {"items_without_meta": 1}
+
+
+def test_amazon_reviews_format_errors(tmp_path):
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(json.dumps(REVIEWS_2023[0]) + "\n" + json.dumps(REVIEW_2018) + "\n")
+    with pytest.raises(DataError, match=r"mixed\.jsonl: the lines mix the 2014/2018 format "
+                                        r"\(reviewerID\) and the 2023 format \(user_id\)"):
+        load("amazon-reviews", mixed)
+    neither = tmp_path / "neither.jsonl"
+    neither.write_text(json.dumps({"asin": "B1", "rating": 3.0}) + "\n")
+    with pytest.raises(DataError, match=r"no review line has a user field .*reviewerID.*"
+                                        r"user_id"):
+        load("amazon-reviews", neither)
+    no_parent = tmp_path / "np.jsonl"
+    rec = dict(REVIEWS_2023[1])
+    del rec["parent_asin"]
+    no_parent.write_text(json.dumps(REVIEWS_2023[0]) + "\n" + json.dumps(rec) + "\n")
+    with pytest.raises(DataError, match=r"np\.jsonl, row 1, column 'parent_asin': empty key"):
+        load("amazon-reviews", no_parent)
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "Beauty.jsonl").write_text(json.dumps(REVIEWS_2023[1]) + "\n")
+    (d / "meta_Beauty.jsonl").write_text(json.dumps({"asin": "B08BBQ29N5"}) + "\n")
+    with pytest.raises(DataError, match=r"meta_Beauty\.jsonl: line 1: missing 'parent_asin'"):
+        load("amazon-reviews", d)

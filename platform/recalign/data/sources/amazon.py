@@ -6,15 +6,19 @@ exactly one ``*.txt``). ``timestamp`` is the position in the line (0, 1, ...): i
 order only. A user on two lines is an error (its order would be ambiguous).
 
 ``amazon-reviews``: JSON lines in the Amazon 2014 / 2018 review format (``reviewerID``,
-``asin``, ``overall``, ``unixReviewTime``, ``reviewText``, ``summary``; other fields ignored),
-optionally gzip-compressed. ``data.path`` is the review file, or a folder holding exactly one
-review file (``*.json``, ``*.jsonl``, optionally ``.gz``, not starting with ``meta``).
-``review`` is ``reviewText``, or ``summary`` where the text is missing. An optional metadata
-file ``meta*.json(l)(.gz)`` next to it (``asin``, ``title``, ``description``, ``categories``
-(2014) / ``category`` (2018), ``brand``) gives the items; metadata lines may be strict JSON
-(2018) or Python literals (the 2014 metadata dump), both are read. Only items that occur in the
-reviews are kept: metadata dumps cover the whole category, and every item of the items table
-joins the dataset's key space.
+``asin``, ``overall``, ``unixReviewTime``, ``reviewText``, ``summary``) or the Amazon Reviews
+2023 format (``user_id``, ``parent_asin``, ``rating``, ``timestamp`` in milliseconds, ``text``,
+``title``); other fields ignored, optionally gzip-compressed. The file's fields tell the format
+(a file mixing both is an error). ``data.path`` is the review file, or a folder holding exactly
+one review file (``*.json``, ``*.jsonl``, optionally ``.gz``, not starting with ``meta``).
+``review`` is the review text, or its summary / title where the text is missing. 2023 items are
+keyed by ``parent_asin``, as its metadata and published splits are (an ``asin`` is one variant
+of a product). An optional metadata file ``meta*.json(l)(.gz)`` next to it (``asin`` or, 2023,
+``parent_asin``; ``title``, ``description``, ``categories`` (2014, 2023) / ``category`` (2018),
+``brand`` (2023: ``store``), 2023 ``features`` and ``main_category``) gives the items;
+metadata lines may be strict JSON (2018, 2023) or Python literals (the 2014 metadata dump),
+both are read. Only items that occur in the reviews are kept: metadata dumps cover the whole
+category, and every item of the items table joins the dataset's key space.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import gzip
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +51,38 @@ REVIEW_FIELDS = pa.schema([
     pa.field("reviewText", pa.string()),
     pa.field("summary", pa.string()),
 ])
+# Amazon Reviews 2023 (``asin`` is shared with the older format)
+REVIEW_FIELDS_2023 = pa.schema([
+    pa.field("user_id", pa.string()),
+    pa.field("parent_asin", pa.string()),
+    pa.field("rating", pa.float64()),
+    pa.field("timestamp", pa.int64()),
+    pa.field("text", pa.string()),
+    pa.field("title", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class ReviewFormat:
+    """Which fields of a review line hold what, per release of the Amazon data."""
+
+    name: str
+    user: str
+    item: str
+    rating: str
+    time: str
+    text: str
+    summary: str
+    time_divisor: int  # to epoch seconds
+    meta_key: str
+
+
+FORMATS = (
+    ReviewFormat("2014/2018", "reviewerID", "asin", "overall", "unixReviewTime", "reviewText",
+                 "summary", 1, "asin"),
+    ReviewFormat("2023", "user_id", "parent_asin", "rating", "timestamp", "text", "title",
+                 1000, "parent_asin"),
+)
 JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
 
 
@@ -136,14 +173,31 @@ def _read_reviews(path: Path) -> pa.Table:
     """Fast path: pyarrow's JSON reader with the fields we need; precise errors on failure."""
     try:
         return pajson.read_json(path, parse_options=pajson.ParseOptions(
-            explicit_schema=REVIEW_FIELDS, unexpected_field_behavior="ignore"))
+            explicit_schema=pa.unify_schemas([REVIEW_FIELDS, REVIEW_FIELDS_2023]),
+            unexpected_field_behavior="ignore"))
     except (pa.ArrowInvalid, OSError, ValueError) as exc:
         lineno, reason = _first_bad_json_line(path)
         if lineno:
             raise DataError(f"line {lineno}: {reason}", path=str(path)) from None
         raise DataError(f"cannot read JSON lines: {exc} (expected one review object per "
-                        f"line with reviewerID, asin, overall, unixReviewTime)",
-                        path=str(path)) from None
+                        f"line with {_format_fields()})", path=str(path)) from None
+
+
+def _format_fields() -> str:
+    return "; or ".join(f"{f.user}, {f.item}, {f.rating}, {f.time} ({f.name})" for f in FORMATS)
+
+
+def _review_format(t: pa.Table, path: str) -> ReviewFormat:
+    """The release whose user field the lines carry; both, or neither, is an error."""
+    present = [f for f in FORMATS if t.num_rows and t[f.user].null_count < t.num_rows]
+    if len(present) == 1:
+        return present[0]
+    if present:
+        raise DataError(f"the lines mix the {present[0].name} format ({present[0].user}) and "
+                        f"the {present[1].name} format ({present[1].user}); one file holds "
+                        "one release", path=path)
+    raise DataError(f"no review line has a user field (expected review objects with "
+                    f"{_format_fields()})", path=path)
 
 
 def _meta_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -187,14 +241,14 @@ def _categories(rec: dict[str, Any]) -> list[str]:
     return [str(c) for c in cats] if isinstance(cats, list) else [str(cats)]
 
 
-def _read_meta(path: Path, wanted: set[str]) -> tuple[pa.Table, int]:
+def _read_meta(path: Path, wanted: set[str], key: str) -> tuple[pa.Table, int]:
     keys, titles, descs, attrs = [], [], [], []
     seen: set[str] = set()
     duplicates = 0
     for lineno, rec in _meta_records(path):
-        asin = rec.get("asin")
+        asin = rec.get(key)
         if not asin:
-            raise DataError(f"line {lineno}: missing 'asin'", path=str(path))
+            raise DataError(f"line {lineno}: missing {key!r}", path=str(path))
         asin = str(asin)
         if asin not in wanted:
             continue
@@ -204,10 +258,15 @@ def _read_meta(path: Path, wanted: set[str]) -> tuple[pa.Table, int]:
         seen.add(asin)
         keys.append(asin)
         titles.append(_text(rec.get("title")))
-        descs.append(_text(rec.get("description")))
+        # 2023 lists often leave description empty and put the product text in features
+        descs.append(_text([x for x in (_text(rec.get("description")),
+                                        _text(rec.get("features"))) if x]))
         attr: dict[str, Any] = {"categories": _categories(rec)}
-        if rec.get("brand"):
-            attr["brand"] = str(rec["brand"]).strip()
+        if rec.get("main_category"):
+            attr["main_category"] = str(rec["main_category"]).strip()
+        brand = rec.get("brand") or rec.get("store")
+        if brand and str(brand).strip():
+            attr["brand"] = str(brand).strip()
         attrs.append(json.dumps(attr, ensure_ascii=False))
     table = conform(pa.table({"item_key": pa.array(keys, pa.string()),
                               "title": pa.array(titles, pa.string()),
@@ -225,18 +284,18 @@ def load_amazon_reviews(cfg: Any) -> RawData:
                         lambda n: n.endswith(JSON_SUFFIXES) and not n.startswith("meta"))
     src = str(path)
     t = _read_reviews(path)
-    for name in ("reviewerID", "asin"):
-        if t.num_rows and t[name].null_count == t.num_rows:
-            raise DataError(f"missing required field {name!r} (expected review objects with "
-                            f"{', '.join(REVIEW_FIELDS.names)})", path=src)
-    text = pc.coalesce(pc.if_else(pc.equal(t["reviewText"], ""), None, t["reviewText"]),
-                       t["summary"])
+    f = _review_format(t, src)
+    if t[f.item].null_count == t.num_rows:
+        raise DataError(f"missing required field {f.item!r} (the {f.name} format has "
+                        f"{f.user}, {f.item}, {f.rating}, {f.time})", path=src)
+    text = pc.coalesce(pc.if_else(pc.equal(t[f.text], ""), None, t[f.text]), t[f.summary])
+    time = t[f.time] if f.time_divisor == 1 else pc.divide(t[f.time], f.time_divisor)
     interactions = conform(pa.table({
-        "user_key": key_column(t["reviewerID"], path=src, column="reviewerID"),
-        "item_key": key_column(t["asin"], path=src, column="asin"),
-        "rating": parse_column(t["overall"], pa.float32(), path=src, column="overall",
+        "user_key": key_column(t[f.user], path=src, column=f.user),
+        "item_key": key_column(t[f.item], path=src, column=f.item),
+        "rating": parse_column(t[f.rating], pa.float32(), path=src, column=f.rating,
                                what="a rating (a finite number)"),
-        "timestamp": t["unixReviewTime"],
+        "timestamp": time,
         "review": text,
     }), RAW_INTERACTIONS, source=src)
 
@@ -250,7 +309,7 @@ def load_amazon_reviews(cfg: Any) -> RawData:
                         f"{', '.join(p.name for p in metas)}", path=str(path.parent))
     if metas:
         wanted = set(pc.unique(interactions["item_key"]).to_pylist())
-        items, dups = _read_meta(metas[0], wanted)
+        items, dups = _read_meta(metas[0], wanted, f.meta_key)
         files.append(str(metas[0].resolve()))
         report["items_without_meta"] = len(wanted) - items.num_rows
         if dups:

@@ -5,6 +5,8 @@
     .venv/bin/python benchmarks/alignment.py search      # DaRec K, N-hat, lambda, width on valid
     .venv/bin/python benchmarks/alignment.py real --datasets ml --backbones lightgcn --seeds 1 2 3
     .venv/bin/python benchmarks/alignment.py real --datasets unisrec:/data/amazon-xyz  # other data
+    .venv/bin/python benchmarks/alignment.py real --datasets movielens:/data/ml-1m \
+        amazon-reviews:/data/All_Beauty --kcore 5   # raw releases, k-cored first
 
 Single process, ``--threads`` (1) torch threads, runs one after another. Semantic vectors until
 the LLM stage's profiles are used: all-MiniLM-L6-v2 (384-d, L2-normalised) of each item's text
@@ -41,7 +43,7 @@ from recalign.align.presets import model_overrides, resolve  # noqa: E402
 from recalign.align.semantic import SemanticVectors, from_arrays  # noqa: E402
 from recalign.models.semantic_only import SemanticOnly  # noqa: E402
 from recalign.config import DataConfig  # noqa: E402
-from recalign.data.ingest import load_dataset  # noqa: E402
+from recalign.data.ingest import input_fingerprint, load_dataset  # noqa: E402
 from recalign.data.sampler import BPRSampler  # noqa: E402
 from recalign.models.registry import build_backbone, cf_backbones, get_backbone  # noqa: E402
 from recalign.tables.optim import ModelOptimizer, TableOptimizerSpec  # noqa: E402
@@ -97,11 +99,15 @@ def log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- data + vectors
-def dataset_config(name: str) -> dict[str, Any]:
+def dataset_config(name: str, kcore: int = 0) -> dict[str, Any]:
     """A named set of ``DATASETS``, or ``SOURCE:PATH`` for any other data with text (any
     ``data.source`` of the platform, e.g. ``unisrec:/data/amazon-xyz``, ``movielens:/data/ml``)
-    with the same protocol: random 3:1:1 split, MovieLens positives rating >= 3."""
+    with the same protocol: random 3:1:1 split, MovieLens positives rating >= 3; ``kcore``
+    (``--kcore``, other data only) filters raw dumps that are not k-cored already."""
     if name in DATASETS:
+        if kcore:
+            raise SystemExit(f"--kcore applies to SOURCE:PATH data only: {name!r} has its "
+                             "recorded protocol")
         return DATASETS[name]
     source, sep, path = name.partition(":")
     if not sep or not path:
@@ -111,26 +117,30 @@ def dataset_config(name: str) -> dict[str, Any]:
                            "split": {"method": "random", "ratios": [0.6, 0.2, 0.2]}}
     if source == "movielens":
         cfg["min_rating"] = 3.0
+    if kcore:
+        cfg["kcore"] = kcore
     return cfg
 
 
-def load(name: str):
-    ds = load_dataset(DataConfig(**dataset_config(name)))
-    return ds, CFData.from_dataset(ds)
+def load(name: str, kcore: int = 0) -> tuple[Any, CFData, str]:
+    """The dataset, its CF matrices and the fingerprint of its config and input files."""
+    cfg = DataConfig(**dataset_config(name, kcore))
+    ds = load_dataset(cfg)
+    return ds, CFData.from_dataset(ds), input_fingerprint(cfg)
 
 
-def minilm_vectors(ds: Any, name: str, user_items: int = 20,
+def minilm_vectors(ds: Any, fingerprint: str, user_items: int = 20,
                    max_chars: int = 1500) -> SemanticVectors:
-    """MiniLM vectors of item text and of users' training-item titles (cached per dataset)."""
+    """MiniLM vectors of item text and of users' training-item titles (cached per dataset).
+
+    The cache is keyed by the input fingerprint (data config, synthetic knobs and every input
+    file's content): other data under the same folder name and counts, or changed files,
+    never reuse the vectors of other rows."""
     from recalign.llm.embedding import raw_texts
 
-    # the dataset name covers users/items/interactions/seed only: any other synthetic knob
-    # (topics, popularity) changes the users' texts, so it goes into the cache key
-    syn = {k: v for k, v in DATASETS.get(name, {}).get("synthetic", {}).items()
-           if k not in ("users", "items", "interactions")}
-    tag = "".join(f"-{k[:3]}{v}" for k, v in sorted(syn.items()))
     cache = OUT / "cache" / (f"minilm-{ds.name}-{ds.n_users}x{ds.n_items}-u{user_items}"
-                             + (f"-c{max_chars}" if max_chars != 1500 else "") + tag + ".npz")
+                             + (f"-c{max_chars}" if max_chars != 1500 else "")
+                             + f"-{fingerprint}.npz")
     if cache.is_file():
         z = np.load(cache)
     else:
@@ -225,13 +235,13 @@ def table(runs: list[dict[str, Any]], keys=("recall@20", "ndcg@20")) -> str:
 
 
 # --------------------------------------------------------------------------- suites
-def vectors(ds: Any, dname: str, source: str = "minilm") -> SemanticVectors:
+def vectors(ds: Any, dname: str, fingerprint: str, source: str = "minilm") -> SemanticVectors:
     """The semantic vectors of ``--semantic`` for a loaded dataset, matched by original key."""
     if source == "minilm":
         # real data: shorter texts (10 training-item titles per user, 400 characters) keep
         # MiniLM on one shared CPU core within minutes
-        return (minilm_vectors(ds, dname) if dname.startswith("synthetic")
-                else minilm_vectors(ds, dname, user_items=10, max_chars=400))
+        return (minilm_vectors(ds, fingerprint) if dname.startswith("synthetic")
+                else minilm_vectors(ds, fingerprint, user_items=10, max_chars=400))
     from recalign.align.semantic import load_semantic
 
     path = str(SNAPSHOTS.get(source, source))
@@ -242,8 +252,8 @@ def suite_runs(args: argparse.Namespace, datasets: list[str], variants: list[str
                out: Path, align_params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     runs = []
     for dname in datasets:
-        ds, data = load(dname)
-        sem = vectors(ds, dname, args.semantic)
+        ds, data, fp = load(dname, args.kcore)
+        sem = vectors(ds, dname, fp, args.semantic)
         log(f"{dname}: {data.n_users} users x {data.n_items} items, train {data.train.nnz}; "
             f"vectors ({args.semantic}) {sem.summary}")
         for backbone in args.backbones:
@@ -258,6 +268,7 @@ def suite_runs(args: argparse.Namespace, datasets: list[str], variants: list[str
                     r = run_one(data, sem, backbone, variant, seed, args.max_epochs,
                                 args.threads, ap, args.min_epochs)
                     r["dataset"] = dname
+                    r["kcore"] = args.kcore
                     r["semantic"] = args.semantic
                     r["semantic_summary"] = sem.summary
                     append(out, r)
@@ -361,8 +372,8 @@ def suite_search(args: argparse.Namespace) -> None:
     appended to ``alignment_search.jsonl``; a DaRec choice becomes the runs' setting once it is
     copied into :data:`DAREC_DEFAULT` (and recorded in docs/results.md)."""
     dname, method = args.datasets[0], args.method
-    ds, data = load(dname)
-    sem = vectors(ds, dname, args.semantic)
+    ds, data, fp = load(dname, args.kcore)
+    sem = vectors(ds, dname, fp, args.semantic)
     out = OUT / "alignment_search.jsonl"
     start = DAREC_DEFAULT if args.search_start == "default" else DAREC_SEARCH_START
     best: dict[str, Any] = (dict(start) if method == "darec"
@@ -414,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datasets", nargs="+", default=None,
                     help=f"{', '.join(DATASETS)}, or SOURCE:PATH for other data with text "
                     "(e.g. unisrec:/data/amazon-xyz)")
+    ap.add_argument("--kcore", type=int, default=0,
+                    help="SOURCE:PATH data: keep users and items with at least this many "
+                    "interactions (data.kcore), for raw dumps that are not k-cored")
     ap.add_argument("--backbones", nargs="+", default=["lightgcn"])
     ap.add_argument("--variants", nargs="+", default=None)
     ap.add_argument("--seeds", nargs="+", type=int, default=[2023])

@@ -43,24 +43,6 @@ from recalign.data.sources.base import RawData, register
 from recalign.data.sources.tabular import key_column, parse_column
 from recalign.errors import DataError
 
-REVIEW_FIELDS = pa.schema([
-    pa.field("reviewerID", pa.string()),
-    pa.field("asin", pa.string()),
-    pa.field("overall", pa.float64()),
-    pa.field("unixReviewTime", pa.int64()),
-    pa.field("reviewText", pa.string()),
-    pa.field("summary", pa.string()),
-])
-# Amazon Reviews 2023 (``asin`` is shared with the older format)
-REVIEW_FIELDS_2023 = pa.schema([
-    pa.field("user_id", pa.string()),
-    pa.field("parent_asin", pa.string()),
-    pa.field("rating", pa.float64()),
-    pa.field("timestamp", pa.int64()),
-    pa.field("text", pa.string()),
-    pa.field("title", pa.string()),
-])
-
 
 @dataclass(frozen=True)
 class ReviewFormat:
@@ -76,6 +58,13 @@ class ReviewFormat:
     time_divisor: int  # to epoch seconds
     meta_key: str
 
+    @property
+    def schema(self) -> pa.Schema:
+        """The fields this release's lines are read with (pyarrow's explicit schema)."""
+        return pa.schema([(self.user, pa.string()), (self.item, pa.string()),
+                          (self.rating, pa.float64()), (self.time, pa.int64()),
+                          (self.text, pa.string()), (self.summary, pa.string())])
+
 
 FORMATS = (
     ReviewFormat("2014/2018", "reviewerID", "asin", "overall", "unixReviewTime", "reviewText",
@@ -83,6 +72,8 @@ FORMATS = (
     ReviewFormat("2023", "user_id", "parent_asin", "rating", "timestamp", "text", "title",
                  1000, "parent_asin"),
 )
+# one read of a file whatever its release: the union of the releases' fields
+REVIEW_FIELDS = pa.unify_schemas([f.schema for f in FORMATS])
 JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
 
 
@@ -173,7 +164,7 @@ def _read_reviews(path: Path) -> pa.Table:
     """Fast path: pyarrow's JSON reader with the fields we need; precise errors on failure."""
     try:
         return pajson.read_json(path, parse_options=pajson.ParseOptions(
-            explicit_schema=pa.unify_schemas([REVIEW_FIELDS, REVIEW_FIELDS_2023]),
+            explicit_schema=REVIEW_FIELDS,
             unexpected_field_behavior="ignore"))
     except (pa.ArrowInvalid, OSError, ValueError) as exc:
         lineno, reason = _first_bad_json_line(path)

@@ -279,7 +279,9 @@ def _ml100k(folder: Path) -> _Release:
         _read_delimited_ratings(data_p, "\t", "user id, item id, rating, timestamp"), data_p)
     report: dict[str, Any] = {}
     names = list(ML100K_GENRES)
+    files = [data_p, item_p]
     if genre_p.is_file():  # "name|index" lines
+        files.append(genre_p)
         named = {}
         for row, line in _lines(genre_p, report):
             name, idx = _fields(genre_p, row, line, "|", 2, "genre|index")
@@ -302,7 +304,7 @@ def _ml100k(folder: Path) -> _Release:
         titles.append(f[1].strip() or None)
         genres.append([n for n, x in zip(names, flags) if x == "1" and n != "unknown"])
     rel = _Release(ratings=ratings, movie_keys=keys, titles=titles, genres=genres,
-                   files=[data_p, item_p], user_grouped=False)  # u.data is not by user
+                   files=files, user_grouped=False)  # u.data is not by user
     if user_p.is_file():  # user id|age|gender|occupation|zip code
         rows = []
         for row, line in _lines(user_p, report):
@@ -312,7 +314,6 @@ def _ml100k(folder: Path) -> _Release:
                                         "occupation": occ.strip()}))
         rel.users = _users_table(rows, user_p)
         rel.files.append(user_p)
-    rel.files += [genre_p] if genre_p.is_file() else []
     rel.report = report
     return rel
 

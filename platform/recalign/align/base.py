@@ -18,12 +18,12 @@ and optimises ``alignment.parameters()`` together with the backbone's dense para
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
 
-from recalign.errors import ConfigError
+from recalign.registry import Registry
 
 
 class Alignment(nn.Module):
@@ -43,41 +43,43 @@ class Alignment(nn.Module):
         return {}
 
 
-class NoAlignment(Alignment):
-    name = "none"
+# alignment name -> module that registers it, imported on first use; "none" is registered below
+ALIGNMENTS: Registry[type[Alignment]] = Registry("alignment", {
+    "rlmrec-con": "recalign.align.rlmrec_con",
+    "rlmrec-gen": "recalign.align.rlmrec_gen",
+    "darec": "recalign.align.darec",
+}, key="align.method")
+
+A = TypeVar("A", bound=type[Alignment])
 
 
-_REGISTRY: dict[str, Callable[..., Alignment]] = {"none": lambda **_: NoAlignment()}
+def register_alignment(name: str) -> Callable[[A], A]:
+    """Class decorator: make an alignment available as ``align.method: name``; it is built
+    with its ``build(**kwargs)`` classmethod when it has one, else with ``cls(**kwargs)``."""
 
-
-def register_alignment(name: str) -> Callable[[type[Alignment]], type[Alignment]]:
-    def deco(cls: type[Alignment]) -> type[Alignment]:
+    def deco(cls: A) -> A:
+        ALIGNMENTS.register(name)(cls)
         cls.name = name
-        _REGISTRY[name] = cls.build if hasattr(cls, "build") else cls
         return cls
+
     return deco
 
 
+@register_alignment("none")
+class NoAlignment(Alignment):
+    """No parameters, no losses, no hook; built from any arguments."""
+
+    @classmethod
+    def build(cls, **_: Any) -> "NoAlignment":
+        return cls()
+
+
 def known_alignments() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
-
-
-def _load_builtin() -> None:
-    import importlib
-
-    for module in ("rlmrec_con", "rlmrec_gen", "darec"):
-        try:
-            importlib.import_module(f"recalign.align.{module}")
-        except ModuleNotFoundError as exc:  # not written yet
-            if exc.name != f"recalign.align.{module}":
-                raise
+    return ALIGNMENTS.names()
 
 
 def build_alignment(method: str, **kwargs: Any) -> Alignment:
     """The alignment named ``method`` (``align.method``), built with its config and data."""
-    _load_builtin()
-    if method not in _REGISTRY:
-        raise ConfigError(f"align.method: unknown alignment {method!r} "
-                          f"(expected one of: {', '.join(sorted(_REGISTRY))})")
-    return _REGISTRY[method](**kwargs)
+    cls = ALIGNMENTS.get(method)
+    build = getattr(cls, "build", None)
+    return build(**kwargs) if build is not None else cls(**kwargs)

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from recalign.config import DataConfig
 from recalign.data.dataset import Dataset
+from recalign.data.dataset_snapshot import read_dataset_uri
 from recalign.data.idmap import IdMap
 from recalign.data.schema import (INTERACTIONS, ITEMS, RAW_INTERACTIONS, SPLIT_NAMES, USERS,
                                   conform)
@@ -253,7 +254,6 @@ def load_dataset(cfg: DataConfig, *, user_map: IdMap | None = None,
                  item_map: IdMap | None = None) -> Dataset:
     """Read a source fully into memory as a :class:`Dataset` (no snapshot written)."""
     if cfg.source == "snapshot":
-        from recalign.data.snapshot_io import read_dataset_uri
         return read_dataset_uri(str(cfg.path))
     raw = load_raw(cfg)
     state = IngestState(user_map or IdMap.empty(), item_map or IdMap.empty())

@@ -2,6 +2,8 @@
 
 Tables of a dataset snapshot: ``interactions`` (parts), ``items``, ``users`` (when the source
 has them), ``user_map`` and ``item_map`` (original key <-> dense id, stable across re-ingests).
+Reading lives in :mod:`recalign.data.dataset_snapshot` (ingest reads snapshots too, and this
+module imports ingest); it is re-exported here.
 """
 
 from __future__ import annotations
@@ -10,18 +12,19 @@ import time
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from recalign.config import Config, config_hash
 from recalign.data.dataset import Dataset
+from recalign.data.dataset_snapshot import ARTIFACT, read_dataset, read_dataset_uri
 from recalign.data.idmap import IdMap
 from recalign.data.ingest import IngestState, finish, input_fingerprint, iter_prepared, load_raw
-from recalign.data.schema import INTERACTIONS, TEST, TRAIN, VALID
+from recalign.data.schema import TEST, TRAIN, VALID
 from recalign.errors import SnapshotError
-from recalign.storage.snapshot import Snapshot, SnapshotStore
+from recalign.storage.snapshot import SnapshotStore
 
-ARTIFACT = "dataset"
+__all__ = ["ARTIFACT", "ingest_to_snapshot", "read_dataset", "read_dataset_uri",
+           "user_ids_without_train"]
 
 
 def ingest_to_snapshot(cfg: Config, store: SnapshotStore, *, force: bool = False,
@@ -74,38 +77,6 @@ def ingest_to_snapshot(cfg: Config, store: SnapshotStore, *, force: bool = False
     return {"job": "ingest", "skipped": False, "snapshot": snap.uri, "dataset": name,
             "version": snap.version, "counts": counts, "repairs": state.report,
             "seconds": round(time.perf_counter() - t0, 3)}
-
-
-def read_dataset(snap: Snapshot) -> Dataset:
-    """A dataset snapshot -> :class:`Dataset` (the same object an in-process load gives)."""
-    if snap.manifest.get("artifact") != ARTIFACT:
-        raise SnapshotError(f"{snap.uri}: not a dataset snapshot (artifact "
-                            f"{snap.manifest.get('artifact')!r})")
-    inter = snap.read_table("interactions") if snap.tables.get("interactions") \
-        else INTERACTIONS.empty_table()
-    inter = inter.cast(INTERACTIONS)
-    tables = snap.tables
-    return Dataset(
-        snap.manifest["dataset"],
-        IdMap.from_table(snap.read_table("user_map")),
-        IdMap.from_table(snap.read_table("item_map")),
-        inter,
-        snap.read_table("items") if "items" in tables else None,
-        snap.read_table("users") if "users" in tables else None,
-        dict(snap.manifest.get("report", {})),
-    )
-
-
-def read_dataset_uri(uri: str) -> Dataset:
-    """``<root>/<dataset>/dataset`` (LATEST) or ``.../dataset/v=...`` -> Dataset."""
-    parts = uri.rstrip("/").split("/")
-    version = None
-    if parts[-1].startswith("v="):
-        version = parts.pop()
-    if len(parts) < 3 or parts[-1] != ARTIFACT:
-        raise SnapshotError(f"{uri}: expected <root>/<dataset>/{ARTIFACT}[/v=...]")
-    store = SnapshotStore("/".join(parts[:-2]))
-    return read_dataset(store.open(parts[-2], ARTIFACT, version))
 
 
 def user_ids_without_train(ds: Dataset) -> np.ndarray:

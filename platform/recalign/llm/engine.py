@@ -17,7 +17,6 @@ an HTTP client) only matters to the config that names it.
 from __future__ import annotations
 
 import hashlib
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from recalign.errors import ConfigError
+from recalign.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -140,51 +139,39 @@ class EmbeddingEngine(ABC):
 
 # --- registries ---------------------------------------------------------------------------
 
-_GENERATION: dict[str, Callable[..., GenerationEngine]] = {}
-_EMBEDDING: dict[str, Callable[..., EmbeddingEngine]] = {}
-_MODULES = {
-    ("gen", "vllm"): "recalign.llm.engines.vllm_engine",
-    ("gen", "transformers"): "recalign.llm.engines.transformers_engine",
-    ("gen", "openai"): "recalign.llm.engines.openai_engine",
-    ("emb", "sentence-transformers"): "recalign.llm.engines.st_embed",
-    ("emb", "vllm"): "recalign.llm.engines.vllm_engine",
-    ("emb", "openai"): "recalign.llm.engines.openai_engine",
-}
+GenerationFactory = Callable[[Any], GenerationEngine]  # takes recalign.config.LLMConfig
+EmbeddingFactory = Callable[[Any], EmbeddingEngine]  # takes recalign.config.EmbedConfig
+
+GENERATION_ENGINES: Registry[GenerationFactory] = Registry("generation engine", {
+    "vllm": "recalign.llm.engines.vllm_engine",
+    "transformers": "recalign.llm.engines.transformers_engine",
+    "openai": "recalign.llm.engines.openai_engine",
+}, key="llm.engine", optional_deps=True)
+EMBEDDING_ENGINES: Registry[EmbeddingFactory] = Registry("embedding engine", {
+    "sentence-transformers": "recalign.llm.engines.st_embed",
+    "vllm": "recalign.llm.engines.vllm_engine",
+    "openai": "recalign.llm.engines.openai_engine",
+}, key="embed.engine", optional_deps=True)
 
 
-def register_generation(name: str) -> Callable:
-    def deco(factory: Callable[..., GenerationEngine]) -> Callable[..., GenerationEngine]:
-        _GENERATION[name] = factory
-        return factory
-    return deco
+def register_generation(name: str) -> Callable[[GenerationFactory], GenerationFactory]:
+    """Decorator: a factory ``cfg -> GenerationEngine`` for ``llm.engine: name``."""
+    return GENERATION_ENGINES.register(name)
 
 
-def register_embedding(name: str) -> Callable:
-    def deco(factory: Callable[..., EmbeddingEngine]) -> Callable[..., EmbeddingEngine]:
-        _EMBEDDING[name] = factory
-        return factory
-    return deco
-
-
-def _load(kind: str, name: str, table: dict[str, Callable]) -> Callable:
-    if name not in table and (kind, name) in _MODULES:
-        try:
-            importlib.import_module(_MODULES[(kind, name)])
-        except ImportError as exc:
-            raise ConfigError(f"engine {name!r} is not usable here: {exc}") from None
-    if name not in table:
-        raise ConfigError(f"unknown engine {name!r} (known: {', '.join(sorted(table) or [n for k, n in _MODULES if k == kind])})")
-    return table[name]
+def register_embedding(name: str) -> Callable[[EmbeddingFactory], EmbeddingFactory]:
+    """Decorator: a factory ``cfg -> EmbeddingEngine`` for ``embed.engine: name``."""
+    return EMBEDDING_ENGINES.register(name)
 
 
 def build_generation_engine(cfg: Any) -> GenerationEngine:
     """``cfg`` is an :class:`recalign.config.LLMConfig`."""
-    return _load("gen", cfg.engine, _GENERATION)(cfg)
+    return GENERATION_ENGINES.get(cfg.engine)(cfg)
 
 
 def build_embedding_engine(cfg: Any) -> EmbeddingEngine:
     """``cfg`` is an :class:`recalign.config.EmbedConfig`."""
-    return _load("emb", cfg.engine, _EMBEDDING)(cfg)
+    return EMBEDDING_ENGINES.get(cfg.engine)(cfg)
 
 
 # --- validated generation -----------------------------------------------------------------

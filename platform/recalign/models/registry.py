@@ -6,8 +6,20 @@ from typing import Any, Callable, TypeVar
 
 from recalign.errors import ConfigError
 from recalign.models.base import Backbone
+from recalign.registry import Registry
 
-_BACKBONES: dict[str, type[Backbone]] = {}
+# backbone name -> module that registers it; imported on first use, so this module imports no
+# model (the models import it for the decorator).
+BACKBONES: Registry[type[Backbone]] = Registry("backbone", {
+    "lightgcn": "recalign.models.lightgcn",
+    "gccf": "recalign.models.gccf",
+    "sgl": "recalign.models.sgl",
+    "simgcl": "recalign.models.simgcl",
+    "dccf": "recalign.models.dccf",
+    "autocf": "recalign.models.autocf",
+    "semantic-only": "recalign.models.semantic_only",
+    "sasrec": "recalign.models.sasrec",
+}, key="model.backbone")
 
 B = TypeVar("B", bound=type[Backbone])
 
@@ -16,20 +28,11 @@ def register_backbone(name: str) -> Callable[[B], B]:
     """Class decorator: make a backbone available under ``name``."""
 
     def deco(cls: B) -> B:
-        if name in _BACKBONES and _BACKBONES[name] is not cls:
-            raise ValueError(f"backbone {name!r} is already registered to {_BACKBONES[name]!r}")
-        _BACKBONES[name] = cls
+        BACKBONES.register(name)(cls)
         cls.name = name
         return cls
 
     return deco
-
-
-def _load_builtin() -> None:
-    # importing the modules registers them
-    from recalign.models import lightgcn  # noqa: F401
-    from recalign.models import autocf, dccf, gccf, sgl, simgcl  # noqa: F401
-    from recalign.models import semantic_only  # noqa: F401
 
 
 def resolve_params(name: str, params_cls: type, presets: dict[str, dict[str, Any]],
@@ -54,24 +57,20 @@ def resolve_params(name: str, params_cls: type, presets: dict[str, dict[str, Any
 
 
 def known_backbones() -> list[str]:
-    _load_builtin()
-    return sorted(_BACKBONES)
+    """Every backbone name (imports no model)."""
+    return BACKBONES.names()
 
 
 def cf_backbones() -> list[str]:
-    """The registered backbones that learn ID embeddings (every one an alignment applies to)."""
-    _load_builtin()
-    return sorted(n for n, c in _BACKBONES.items() if not c.needs_semantic)
+    """The registered CF backbones that learn ID embeddings (every one an alignment applies
+    to): not the sequential models, not the semantic-only baseline."""
+    return sorted(n for n, c in BACKBONES.load_all().items()
+                  if issubclass(c, Backbone) and not c.needs_semantic)
 
 
 def get_backbone(name: str) -> type[Backbone]:
     """The backbone class registered as ``name``; a :class:`ConfigError` lists known names."""
-    _load_builtin()
-    try:
-        return _BACKBONES[name]
-    except KeyError:
-        raise ConfigError(f"unknown backbone {name!r} (model.backbone); known backbones: "
-                          f"{', '.join(sorted(_BACKBONES)) or 'none'}") from None
+    return BACKBONES.get(name)
 
 
 def build_backbone(name: str, train: Any, params: Any = None, *, preset: str | None = None,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
-from recalign.errors import ConfigError
+from recalign.registry import Registry
 
 
 @dataclass
@@ -46,11 +45,10 @@ class RawData:
 
 
 Loader = Callable[[Any], RawData]  # takes recalign.config.DataConfig
-SOURCES: dict[str, Loader] = {}
 
 # source name -> module that registers it (imported lazily so that a source's optional
 # dependencies are needed only when it is used)
-_MODULES = {
+SOURCES: Registry[Loader] = Registry("source", {
     "parquet": "recalign.data.sources.tabular",
     "csv": "recalign.data.sources.tabular",
     "rlmrec": "recalign.data.sources.rlmrec",
@@ -59,20 +57,14 @@ _MODULES = {
     "amazon-sequences": "recalign.data.sources.amazon",
     "amazon-reviews": "recalign.data.sources.amazon",
     "synthetic": "recalign.data.sources.synthetic",
-}
+}, key="data.source")
 
 
 def register(name: str) -> Callable[[Loader], Loader]:
-    def deco(fn: Loader) -> Loader:
-        SOURCES[name] = fn
-        return fn
-    return deco
+    """Function decorator: make a loader available as ``data.source: name``."""
+    return SOURCES.register(name)
 
 
 def get_source(name: str) -> Loader:
-    if name not in SOURCES and name in _MODULES:
-        importlib.import_module(_MODULES[name])
-    if name not in SOURCES:
-        raise ConfigError(f"data.source: unknown source {name!r} "
-                          f"(expected one of: {', '.join(sorted(_MODULES))})")
-    return SOURCES[name]
+    """The loader registered as ``name``; a :class:`ConfigError` lists the known sources."""
+    return SOURCES.get(name)

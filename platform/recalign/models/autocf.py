@@ -62,6 +62,7 @@ from recalign.models.base import Backbone, Layer0Hook, RecOutput
 from recalign.models.contrastive import (l2_sum, log_sum_exp_contrast, pick_rows,
                                          unique_counts)
 from recalign.models.registry import register_backbone, resolve_params
+from recalign.tables import make_id_tables
 from recalign.tables.collection import IdTables
 from recalign.tables.optim import TableOptimizerSpec
 
@@ -169,13 +170,15 @@ class AutoCF(Backbone):
     def __init__(self, graph: NormalizedGraph, ones: NormalizedGraph,
                  params: AutoCFParams | None = None, *,
                  optimizer: TableOptimizerSpec | None = None,
-                 tables: IdTables | None = None) -> None:
+                 tables: IdTables | None = None, table_backend: str = "torchrec",
+                 device: torch.device | str = "cpu") -> None:
         super().__init__(graph.n_users, graph.n_items)
         self.params = params or AutoCFParams()
         self.graph = graph
         self.ones = ones
-        self.tables = tables if tables is not None else IdTables(
-            graph.n_users, graph.n_items, self.params.dim, optimizer=optimizer)
+        self.tables = tables if tables is not None else make_id_tables(
+            graph.n_users, graph.n_items, self.params.dim, optimizer=optimizer, device=device,
+            backend=table_backend)
         self.gt = nn.ModuleList(GraphTransformerLayer(self.params.dim, self.params.heads)
                                 for _ in range(self.params.gt_layers))
         self.full_rows = torch.repeat_interleave(torch.arange(graph.n_nodes),
@@ -189,11 +192,13 @@ class AutoCF(Backbone):
     @classmethod
     def build(cls, train: sp.spmatrix, params: AutoCFParams | dict | None = None, *,
               preset: str | None = None,
-              optimizer: TableOptimizerSpec | None = None) -> "AutoCF":
+              optimizer: TableOptimizerSpec | None = None, table_backend: str = "torchrec",
+              device: torch.device | str = "cpu") -> "AutoCF":
         p = resolve_params("autocf", AutoCFParams, PRESETS, params, preset)
         n_users, n_items = train.shape
         ones = binary_graph(bipartite_adjacency(train), n_users, n_items)
-        return cls(normalized_adjacency(train), ones, p, optimizer=optimizer)
+        return cls(normalized_adjacency(train), ones, p, optimizer=optimizer,
+                   table_backend=table_backend, device=device)
 
     def resample(self, ego: torch.Tensor) -> torch.Tensor:
         """New seeds and masked graphs from layer-0 rows ``ego``; returns the infomax loss."""

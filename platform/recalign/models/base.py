@@ -111,12 +111,15 @@ class Backbone(nn.Module, abc.ABC):
 
     def _init_graph_backbone(self, graph: Any, params: Any, *, tables: Any = None,
                              optimizer: Any = None, n_users: int | None = None,
-                             n_items: int | None = None) -> None:
+                             n_items: int | None = None, table_backend: str = "torchrec",
+                             device: Any = "cpu") -> None:
         """The ``__init__`` shared by the graph backbones with a sampled mode.
 
         ``graph`` None is sampled mode (every forward gets its subgraph), sized by ``n_users`` /
-        ``n_items``. Builds the ID tables unless given and checks given ones against the sizes."""
-        from recalign.tables.collection import IdTables  # tables import nothing from models
+        ``n_items``. Builds the ID tables unless given (``table_backend``: ``torchrec`` or
+        ``torch``, on ``device``; :func:`recalign.tables.make_id_tables`) and checks given ones
+        against the sizes."""
+        from recalign.tables import make_id_tables  # tables import nothing from models
 
         if graph is None and (n_users is None or n_items is None):
             raise ValueError("sampled mode (graph None) needs n_users and n_items")
@@ -125,8 +128,8 @@ class Backbone(nn.Module, abc.ABC):
         Backbone.__init__(self, nu, ni)
         self.params = params
         self.graph = graph
-        self.tables = tables if tables is not None else IdTables(nu, ni, params.dim,
-                                                                 optimizer=optimizer)
+        self.tables = tables if tables is not None else make_id_tables(
+            nu, ni, params.dim, optimizer=optimizer, device=device, backend=table_backend)
         if (self.tables.n_users, self.tables.n_items, self.tables.dim) != (nu, ni, params.dim):
             raise ValueError(f"tables ({self.tables.n_users} users, {self.tables.n_items} items, "
                              f"dim {self.tables.dim}) do not match the graph's {nu} users, "

@@ -42,6 +42,7 @@ from recalign.data.sampler import BPRBatch
 from recalign.models.base import Backbone, Layer0Hook, RecOutput
 from recalign.models.contrastive import bpr_loss, info_nce, l2_sum, pick_rows
 from recalign.models.registry import register_backbone, resolve_params
+from recalign.tables import make_id_tables
 from recalign.tables.collection import IdTables
 from recalign.tables.optim import TableOptimizerSpec
 
@@ -85,13 +86,15 @@ class DCCF(Backbone):
 
     def __init__(self, graph: NormalizedGraph, params: DCCFParams | None = None, *,
                  optimizer: TableOptimizerSpec | None = None,
-                 tables: IdTables | None = None) -> None:
+                 tables: IdTables | None = None, table_backend: str = "torchrec",
+                 device: torch.device | str = "cpu") -> None:
         super().__init__(graph.n_users, graph.n_items)
         self.params = params or DCCFParams()
         self.graph = graph
         d, k = self.params.dim, self.params.intents
-        self.tables = tables if tables is not None else IdTables(
-            graph.n_users, graph.n_items, d, optimizer=optimizer)
+        self.tables = tables if tables is not None else make_id_tables(
+            graph.n_users, graph.n_items, d, optimizer=optimizer, device=device,
+            backend=table_backend)
         self.user_intent = nn.Parameter(nn.init.xavier_uniform_(torch.empty(d, k)))
         self.item_intent = nn.Parameter(nn.init.xavier_uniform_(torch.empty(d, k)))
         self.rows = torch.repeat_interleave(torch.arange(graph.n_nodes), torch.diff(graph.crow))
@@ -102,9 +105,11 @@ class DCCF(Backbone):
     @classmethod
     def build(cls, train: sp.spmatrix, params: DCCFParams | dict | None = None, *,
               preset: str | None = None,
-              optimizer: TableOptimizerSpec | None = None) -> "DCCF":
+              optimizer: TableOptimizerSpec | None = None, table_backend: str = "torchrec",
+              device: torch.device | str = "cpu") -> "DCCF":
         p = resolve_params("dccf", DCCFParams, PRESETS, params, preset)
-        return cls(normalized_adjacency(train), p, optimizer=optimizer)
+        return cls(normalized_adjacency(train), p, optimizer=optimizer,
+                   table_backend=table_backend, device=device)
 
     def _intent(self, e: torch.Tensor) -> torch.Tensor:
         u, i = e[: self.n_users], e[self.n_users:]

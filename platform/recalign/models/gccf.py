@@ -74,20 +74,24 @@ class GCCF(Backbone):
     def __init__(self, graph: NormalizedGraph | None, params: GCCFParams | None = None, *,
                  optimizer: TableOptimizerSpec | None = None,
                  tables: IdTables | None = None, n_users: int | None = None,
-                 n_items: int | None = None) -> None:
+                 n_items: int | None = None, table_backend: str = "torchrec",
+                 device: torch.device | str = "cpu") -> None:
         self._init_graph_backbone(graph, params or GCCFParams(), tables=tables,
-                                  optimizer=optimizer, n_users=n_users, n_items=n_items)
+                                  optimizer=optimizer, n_users=n_users, n_items=n_items,
+                                  table_backend=table_backend, device=device)
         self.out_dim = self.params.dim * (self.params.layers + 1)
 
     @classmethod
     def build(cls, train: sp.spmatrix, params: GCCFParams | dict | None = None, *,
               preset: str | None = None, optimizer: TableOptimizerSpec | None = None,
-              full_graph: bool = True) -> "GCCF":
+              full_graph: bool = True, table_backend: str = "torchrec",
+              device: torch.device | str = "cpu") -> "GCCF":
         p = resolve_params("gccf", GCCFParams, PRESETS, params, preset)
         if not full_graph:
             return cls(None, p, optimizer=optimizer, n_users=train.shape[0],
-                       n_items=train.shape[1])
-        return cls(normalized_adjacency(train, self_loops=True), p, optimizer=optimizer)
+                       n_items=train.shape[1], table_backend=table_backend, device=device)
+        return cls(normalized_adjacency(train, self_loops=True), p, optimizer=optimizer,
+                   table_backend=table_backend, device=device)
 
     def combine_layers(self, layers: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(layers, dim=-1)

@@ -83,15 +83,18 @@ class LightGCN(Backbone):
     def __init__(self, graph: NormalizedGraph | None, params: LightGCNParams | None = None, *,
                  optimizer: TableOptimizerSpec | None = None,
                  tables: IdTables | None = None, n_users: int | None = None,
-                 n_items: int | None = None) -> None:
+                 n_items: int | None = None, table_backend: str = "torchrec",
+                 device: torch.device | str = "cpu") -> None:
         self._init_graph_backbone(graph, params or LightGCNParams(), tables=tables,
-                                  optimizer=optimizer, n_users=n_users, n_items=n_items)
+                                  optimizer=optimizer, n_users=n_users, n_items=n_items,
+                                  table_backend=table_backend, device=device)
 
     @classmethod
     def build(cls, train: sp.spmatrix, params: LightGCNParams | dict | None = None, *,
               preset: str | None = None,
               optimizer: TableOptimizerSpec | None = None,
-              full_graph: bool = True) -> "LightGCN":
+              full_graph: bool = True, table_backend: str = "torchrec",
+              device: torch.device | str = "cpu") -> "LightGCN":
         """From a users × items training matrix (the tables initialise from torch's RNG).
 
         ``full_graph=False`` (sampled propagation) skips building the full adjacency."""
@@ -102,8 +105,9 @@ class LightGCN(Backbone):
             p = lightgcn_params(preset, **(params or {}))
         if not full_graph:
             return cls(None, p, optimizer=optimizer, n_users=train.shape[0],
-                       n_items=train.shape[1])
-        return cls(normalized_adjacency(train), p, optimizer=optimizer)
+                       n_items=train.shape[1], table_backend=table_backend, device=device)
+        return cls(normalized_adjacency(train), p, optimizer=optimizer,
+                   table_backend=table_backend, device=device)
 
     # ------------------------------------------------------------------ forward
     def _propagate(self, ego: torch.Tensor, graph: NormalizedGraph | None = None) -> torch.Tensor:

@@ -91,20 +91,24 @@ class SGL(Backbone):
     def __init__(self, graph: NormalizedGraph | None, params: BaseModel | None = None, *,
                  optimizer: TableOptimizerSpec | None = None,
                  tables: IdTables | None = None, n_users: int | None = None,
-                 n_items: int | None = None) -> None:
+                 n_items: int | None = None, table_backend: str = "torchrec",
+                 device: torch.device | str = "cpu") -> None:
         self._init_graph_backbone(graph, params or self.Params(), tables=tables,
-                                  optimizer=optimizer, n_users=n_users, n_items=n_items)
+                                  optimizer=optimizer, n_users=n_users, n_items=n_items,
+                                  table_backend=table_backend, device=device)
         self.out_dim = self.params.dim
 
     @classmethod
     def build(cls, train: sp.spmatrix, params: BaseModel | dict | None = None, *,
               preset: str | None = None, optimizer: TableOptimizerSpec | None = None,
-              full_graph: bool = True) -> "SGL":
+              full_graph: bool = True, table_backend: str = "torchrec",
+              device: torch.device | str = "cpu") -> "SGL":
         p = resolve_params(cls.name, cls.Params, cls.PRESETS, params, preset)
         if not full_graph:
             return cls(None, p, optimizer=optimizer, n_users=train.shape[0],
-                       n_items=train.shape[1])
-        return cls(normalized_adjacency(train), p, optimizer=optimizer)
+                       n_items=train.shape[1], table_backend=table_backend, device=device)
+        return cls(normalized_adjacency(train), p, optimizer=optimizer,
+                   table_backend=table_backend, device=device)
 
     # ------------------------------------------------------------------ views
     def _encode(self, ego: torch.Tensor, view: bool, graph: NormalizedGraph | None = None,

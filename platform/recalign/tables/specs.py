@@ -6,6 +6,11 @@ a pooled output row *is* the embedding row. Initialisation is expressed through
 ``EmbeddingBagCollection``, ``FusedEmbeddingBagCollection`` and the sharded modules created by
 ``DistributedModelParallel`` — applies the same uniform initialisation.
 
+The plain-torch backend (:class:`recalign.tables.torch_tables.TorchIdTables`) builds its
+tables from the same torch-free :class:`TableSpec` and applies the same initialisation
+(:meth:`TableSpec.init_`), so both backends start from bitwise-identical rows for one seed.
+TorchRec is imported only when a TorchRec config is asked for (:func:`table_config`).
+
 ``xavier_uniform`` reproduces the reference code (``nn.init.xavier_uniform_`` on an
 ``(n_rows, dim)`` tensor, i.e. fan_in = dim, fan_out = n_rows): U(-b, b) with
 ``b = sqrt(6 / (n_rows + dim))``.
@@ -14,9 +19,12 @@ a pooled output row *is* the embedding row. Initialisation is expressed through
 from __future__ import annotations
 
 import math
-from typing import Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+if TYPE_CHECKING:
+    import torch
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 USER = "user"
 ITEM = "item"
@@ -33,17 +41,58 @@ def init_bound(n_rows: int, dim: int, init: InitName = "xavier_uniform") -> floa
     raise ValueError(f"unknown table init {init!r}; known: xavier_uniform, torchrec_default")
 
 
-def table_config(name: str, n_rows: int, dim: int,
-                 init: InitName = "xavier_uniform") -> EmbeddingBagConfig:
+@dataclass(frozen=True)
+class TableSpec:
+    """One ID table, without TorchRec: rows, dim and the uniform init range.
+
+    Field names follow TorchRec's ``EmbeddingBagConfig`` (one feature of the table's name)."""
+
+    name: str
+    num_embeddings: int
+    embedding_dim: int
+    weight_init_min: float
+    weight_init_max: float
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [self.name]
+
+    def init_(self, weight: "torch.Tensor") -> "torch.Tensor":
+        """Initialise ``weight`` in place as TorchRec's ``EmbeddingBagConfig.init_fn`` does
+        (``torch.nn.init.uniform_`` over [min, max]); a no-op on the meta device."""
+        import torch
+
+        if weight.device.type == "meta":
+            return weight
+        return torch.nn.init.uniform_(weight, a=self.weight_init_min, b=self.weight_init_max)
+
+
+def table_spec(name: str, n_rows: int, dim: int, init: InitName = "xavier_uniform") -> TableSpec:
     if n_rows < 1 or dim < 1:
         raise ValueError(f"table {name!r}: rows and dim must be >= 1, got {n_rows} x {dim}")
     b = init_bound(n_rows, dim, init)
-    return EmbeddingBagConfig(name=name, num_embeddings=int(n_rows), embedding_dim=int(dim),
-                              feature_names=[name], pooling=PoolingType.SUM,
-                              weight_init_min=-b, weight_init_max=b)
+    return TableSpec(name=name, num_embeddings=int(n_rows), embedding_dim=int(dim),
+                     weight_init_min=-b, weight_init_max=b)
+
+
+def id_table_specs(n_users: int, n_items: int, dim: int,
+                   init: InitName = "xavier_uniform") -> list[TableSpec]:
+    """Specs of the ``user`` and ``item`` tables, in that order (no TorchRec needed)."""
+    return [table_spec(USER, n_users, dim, init), table_spec(ITEM, n_items, dim, init)]
+
+
+def table_config(name: str, n_rows: int, dim: int,
+                 init: InitName = "xavier_uniform") -> "EmbeddingBagConfig":
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+
+    s = table_spec(name, n_rows, dim, init)
+    return EmbeddingBagConfig(name=s.name, num_embeddings=s.num_embeddings,
+                              embedding_dim=s.embedding_dim, feature_names=s.feature_names,
+                              pooling=PoolingType.SUM, weight_init_min=s.weight_init_min,
+                              weight_init_max=s.weight_init_max)
 
 
 def id_table_configs(n_users: int, n_items: int, dim: int,
-                     init: InitName = "xavier_uniform") -> list[EmbeddingBagConfig]:
+                     init: InitName = "xavier_uniform") -> "list[EmbeddingBagConfig]":
     """Configs of the ``user`` and ``item`` tables, in that order."""
     return [table_config(USER, n_users, dim, init), table_config(ITEM, n_items, dim, init)]

@@ -37,17 +37,14 @@ warnings.filterwarnings("ignore")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from recalign.align.base import build_alignment  # noqa: E402
-from recalign.align.precision import native_bf16, precision_of  # noqa: E402
-from recalign.align.presets import model_overrides, resolve  # noqa: E402
+from recalign.align.precision import native_bf16  # noqa: E402
+from recalign.align.presets import resolve  # noqa: E402
 from recalign.align.semantic import SemanticVectors, from_arrays  # noqa: E402
-from recalign.models.semantic_only import SemanticOnly  # noqa: E402
-from recalign.config import DataConfig  # noqa: E402
+from recalign.config import Config, DataConfig  # noqa: E402
 from recalign.data.ingest import input_fingerprint, load_dataset  # noqa: E402
-from recalign.data.sampler import BPRSampler  # noqa: E402
-from recalign.models.registry import build_backbone, cf_backbones, get_backbone  # noqa: E402
-from recalign.tables.optim import ModelOptimizer, TableOptimizerSpec  # noqa: E402
-from recalign.train.loop import CFData, TrainParams, fit, seed_everything, train_epoch  # noqa: E402
+from recalign.models.registry import cf_backbones  # noqa: E402
+from recalign.train.api import make_trainer, train  # noqa: E402
+from recalign.train.data import CFData  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -168,35 +165,37 @@ def minilm_vectors(ds: Any, fingerprint: str, user_items: int = 20,
 
 
 # --------------------------------------------------------------------------- one run
-def build(variant: str, backbone: str, data: CFData, sem: SemanticVectors | None,
-          align_params: dict[str, Any] | None = None, shuffle_seed: int = 0):
-    """(model, alignment or None) for a variant; presets as the module docstring says."""
+IN_MEMORY = "(vectors in memory: benchmarks/out/cache)"
+
+
+def config(variant: str, backbone: str, seed: int, threads: int, max_epochs: int = 3000,
+           min_epochs: int = 0, align_params: dict[str, Any] | None = None,
+           steps_per_epoch: int | None = None) -> Config:
+    """The train config of a variant (presets as the module docstring says): what
+    ``recalign train`` would run with these vectors as its semantic snapshot."""
+    train = {"seed": seed, "threads": threads, "max_epochs": max_epochs,
+             "min_epochs": min_epochs, "steps_per_epoch": steps_per_epoch}
     if variant == "semantic-only":
-        return SemanticOnly(sem, dim=32, reg_weight=1e-6), None
+        return Config.model_validate({
+            "model": {"backbone": "semantic-only", "params": {"dim": 32, "reg_weight": 1e-6}},
+            "align": {"semantic": {"users": IN_MEMORY, "items": IN_MEMORY}}, "train": train})
     method = METHOD[variant]
-    cls = get_backbone(backbone)
-    over = resolve(method, backbone, PRESET)
-    kept, _ = model_overrides(cls, over["model"])
-    model = build_backbone(backbone, data.train, kept or None, preset=PRESET)
-    if method == "none":
-        return model, None
-    s = sem.shuffle(shuffle_seed) if variant.startswith("shuffled") else sem
-    params = {**over["align"], **(DAREC_DEFAULT if method == "darec" else {}),
-              **(align_params or {})}
-    align = build_alignment(method, semantic=s, dim=int(getattr(model, "out_dim", 32)),
-                            params=params, backbone=model)
-    return model, align
+    align: dict[str, Any] = {"method": method}
+    if method != "none":
+        align.update(preset=PRESET, params={**(DAREC_DEFAULT if method == "darec" else {}),
+                                            **(align_params or {})},
+                     semantic={"users": IN_MEMORY, "items": IN_MEMORY},
+                     semantic_shuffle=variant.startswith("shuffled"), shuffle_seed=seed)
+    return Config.model_validate({"model": {"backbone": backbone, "preset": PRESET},
+                                  "align": align, "train": train})
 
 
 def run_one(data: CFData, sem: SemanticVectors | None, backbone: str, variant: str, seed: int,
             max_epochs: int, threads: int, align_params: dict[str, Any] | None = None,
             min_epochs: int = 0) -> dict[str, Any]:
-    torch.set_num_threads(threads)
-    rng = seed_everything(seed)
-    model, align = build(variant, backbone, data, sem, align_params, shuffle_seed=seed)
     t = time.perf_counter()
-    res = fit(model, data, TrainParams(seed=seed, threads=threads, max_epochs=max_epochs,
-                                       min_epochs=min_epochs), rng=rng, align=align)
+    res = train(config(variant, backbone, seed, threads, max_epochs, min_epochs, align_params),
+                data, semantic=sem)
     return {"backbone": backbone, "variant": variant, "seed": seed, "test": res["test"],
             "valid": res["valid"], "best_epoch": res["best_epoch"], "epochs": res["epochs"],
             "hit_max_epochs": res["epochs"] >= max_epochs, "min_epochs": min_epochs,
@@ -205,7 +204,7 @@ def run_one(data: CFData, sem: SemanticVectors | None, backbone: str, variant: s
             "train_seconds": round(res["train_seconds"], 1),
             "wall_seconds": round(time.perf_counter() - t, 1),
             "align_params": align_params or {},
-            "precision": precision_of(align),
+            "precision": res["align"].get("precision", "fp32"),
             # the DaRec setting in force (DAREC_DEFAULT, updated by --darec), for the tables
             **({"darec_params": dict(DAREC_DEFAULT)} if variant.endswith("darec") else {})}
 
@@ -281,19 +280,6 @@ def suite_runs(args: argparse.Namespace, datasets: list[str], variants: list[str
     return runs
 
 
-class _FirstBatches:
-    """A sampler whose epochs stop after ``n`` batches (per-step timing)."""
-
-    def __init__(self, sampler: BPRSampler, n: int) -> None:
-        self.sampler, self.n = sampler, n
-
-    def epoch(self, rng: np.random.Generator, batch_size: int, shuffle: bool = True):
-        for j, b in enumerate(self.sampler.epoch(rng, batch_size, shuffle)):
-            if j >= self.n:
-                return
-            yield b
-
-
 def suite_cost(args: argparse.Namespace) -> None:
     """Median epoch time of each alignment relative to base, one process, random 1536-d vectors.
 
@@ -310,22 +296,19 @@ def suite_cost(args: argparse.Namespace) -> None:
     runs = []
     for variant in args.variants:
         for bf16 in ([False, True] if variant != "base" and args.bf16 else [False]):
-            rng = seed_everything(0)
             # explicit both ways: DaRec's default (bf16 "auto") depends on the hardware
             extra = None if variant == "base" else {"bf16": bf16}
-            model, align = build(variant, "lightgcn", data, sem, extra)
-            opt = ModelOptimizer([model, *([align] if align is not None else [])],
-                                 TableOptimizerSpec())
-            sampler = BPRSampler(data.train)
-            if args.steps:  # time single training steps (same code path, one batch each)
-                sampler = _FirstBatches(sampler, 1)
-            train_epoch(model, opt, sampler, rng, 4096, align)  # warm-up
-            runs.append((variant + (" bf16" if bf16 else ""), model, opt, sampler, rng, align))
+            # --steps: time single training steps (same code path, one batch an "epoch")
+            cfg = config(variant, "lightgcn", 0, args.threads, align_params=extra,
+                         steps_per_epoch=1 if args.steps else None)
+            trainer = make_trainer(cfg, data, semantic=sem)  # what recalign train runs
+            trainer.train_epoch()  # warm-up
+            runs.append((variant + (" bf16" if bf16 else ""), trainer))
     times: dict[str, list[float]] = {r[0]: [] for r in runs}
     for _ in range(args.steps or args.epochs):
-        for label, model, opt, sampler, rng, align in runs:
+        for label, trainer in runs:
             t = time.perf_counter()
-            train_epoch(model, opt, sampler, rng, 4096, align)
+            trainer.train_epoch()
             times[label].append(time.perf_counter() - t)
     res = []
     for label, ts in times.items():
@@ -433,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[2023])
     ap.add_argument("--max-epochs", type=int, default=300)
     ap.add_argument("--min-epochs", type=int, default=0,
-                    help="real: no early stop before this many epochs (TrainParams."
+                    help="real: no early stop before this many epochs (train."
                     "min_epochs; 0 here, the reference schedule of the recorded tables)")
     ap.add_argument("--epochs", type=int, default=5, help="timed epochs (cost)")
     ap.add_argument("--steps", type=int, default=0, help="cost: time this many single steps "

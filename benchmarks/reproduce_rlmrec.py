@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/reproduce_rlmrec.py --timing-only --epochs 3   # epoch times only
 
 Single process, 1 torch thread by default (the machine is shared). Each run:
-``run_cf(data, backbone, preset="rlmrec-amazon-book")`` — Adam 1e-3, batch 4096, validate every
+``recalign.train.api.train`` (the trainer ``recalign train`` runs) with ``model.preset: rlmrec-amazon-book`` — Adam 1e-3, batch 4096, validate every
 3 epochs, stop after 5 validations without a better val Recall@20 (or ``--max-epochs``), test
 once with the best weights (training items masked). Results are *merged* into
 ``benchmarks/out/reproduce_rlmrec.json`` keyed by (backbone, seed), so backbones can be run in
@@ -23,6 +23,7 @@ load average before and after, so backbones are compared under the same machine 
 from __future__ import annotations
 
 import argparse
+import logging
 import json
 import os
 import statistics
@@ -36,13 +37,10 @@ warnings.filterwarnings("ignore")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from recalign.config import DataConfig  # noqa: E402
+from recalign.config import Config, DataConfig  # noqa: E402
 from recalign.data.ingest import load_dataset  # noqa: E402
-from recalign.data.sampler import BPRSampler  # noqa: E402
-from recalign.models.registry import build_backbone  # noqa: E402
-from recalign.tables.optim import ModelOptimizer  # noqa: E402
-from recalign.train.loop import (CFData, TrainParams, run_cf, seed_everything,  # noqa: E402
-                                 train_epoch)
+from recalign.train.api import make_trainer, train  # noqa: E402
+from recalign.train.data import CFData  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "rlmrec-amazon-book"
@@ -95,6 +93,13 @@ def merged(paths: list[Path], keys: list[str] | None = None) -> dict[str, dict]:
     return {k: v for k, v in runs.items() if keys is None or k in keys}
 
 
+def config(backbone: str, seed: int, threads: int, max_epochs: int = 3000) -> Config:
+    """The paper preset; min_epochs 0: the reference schedule its recorded runs used."""
+    return Config.model_validate({
+        "model": {"backbone": backbone, "preset": PRESET},
+        "train": {"seed": seed, "threads": threads, "max_epochs": max_epochs, "min_epochs": 0}})
+
+
 def timing(data: CFData, backbones: list[str], epochs: int, seed: int, threads: int,
            out: Path) -> dict:
     """Median training-epoch time of each backbone (paper preset), one after another."""
@@ -102,16 +107,12 @@ def timing(data: CFData, backbones: list[str], epochs: int, seed: int, threads: 
     res: dict = {"epochs": epochs, "threads": threads, "seed": seed, "torch": torch.__version__,
                  "cpus": os.cpu_count(), "backbones": {}}
     for bb in backbones:
-        p = TrainParams(seed=seed, threads=threads)
-        rng = seed_everything(seed)
-        model = build_backbone(bb, data.train, preset=PRESET, optimizer=p.optimizer)
-        opt = ModelOptimizer([model], p.optimizer)
-        sampler = BPRSampler(data.train)
+        trainer = make_trainer(config(bb, seed, threads), data)  # what recalign train runs
         load0 = os.getloadavg()[0]
         times = []
         for _ in range(epochs):
             t = time.perf_counter()
-            losses = train_epoch(model, opt, sampler, rng, p.batch_size)
+            losses = trainer.train_epoch()
             times.append(time.perf_counter() - t)
         load1 = os.getloadavg()[0]
         med = statistics.median(times)
@@ -161,23 +162,15 @@ def main(argv: list[str] | None = None) -> int:
         timing(data, args.backbones, args.epochs, args.seeds[0], args.threads,
                args.out.with_name("reproduce_rlmrec_timing.json"))
         return 0
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="  %(message)s")
     store = json.loads(args.out.read_text()) if args.out.exists() else {"runs": {}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for bb in args.backbones:
         for seed in args.seeds:
             t = time.perf_counter()
 
-            def log(rec: dict) -> None:
-                if "valid" in rec:
-                    print(f"  {bb} seed {seed} epoch {rec['epoch']} train {rec['train_s']:.2f}s "
-                          f"loss {rec.get('loss', float('nan')):.4f} val R@20 "
-                          f"{rec['valid']['recall@20']:.4f}", flush=True)
-
-            res = run_cf(data, bb, preset=PRESET,
-                         # min_epochs 0: the reference schedule its recorded runs used
-                         params=TrainParams(seed=seed, threads=args.threads,
-                                            max_epochs=args.max_epochs, min_epochs=0),
-                         on_epoch=log)
+            # the trainer logs every validation (recalign.train.trainer, INFO)
+            res = train(config(bb, seed, args.threads, args.max_epochs), data)
             wall = time.perf_counter() - t
             run = {"backbone": bb, "seed": seed, "preset": PRESET, "test": res["test"],
                    "valid": res["valid"], "best_epoch": res["best_epoch"],

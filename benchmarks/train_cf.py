@@ -35,12 +35,10 @@ import torch  # noqa: E402
 
 from recalign.config import DataConfig  # noqa: E402
 from recalign.data.ingest import load_dataset  # noqa: E402
-from recalign.data.sampler import BPRSampler  # noqa: E402
-from recalign.eval.metrics import evaluate  # noqa: E402
-from recalign.models.registry import build_backbone  # noqa: E402
-from recalign.tables.optim import ModelOptimizer, TableOptimizerSpec  # noqa: E402
-from recalign.train.loop import (CFData, TrainParams, run_cf,  # noqa: E402
-                                 seed_everything, train_epoch)
+from recalign.config import Config  # noqa: E402
+from recalign.tables.optim import TableOptimizerSpec  # noqa: E402
+from recalign.train.api import make_trainer, train  # noqa: E402
+from recalign.train.data import CFData  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "rlmrec-amazon-book"
@@ -55,34 +53,39 @@ def load(path: Path) -> CFData:
     return CFData.from_dataset(ds)
 
 
+def config(seed: int, threads: int, spec: TableOptimizerSpec | None = None) -> Config:
+    """LightGCN with the published preset; min_epochs 0: the reference schedule."""
+    return Config.model_validate({
+        "model": {"backbone": "lightgcn", "preset": PRESET},
+        "train": {"seed": seed, "threads": threads, "min_epochs": 0,
+                  **({"optimizer": spec.model_dump()} if spec is not None else {})}})
+
+
 def time_epochs(data: CFData, threads: int, n: int, spec: TableOptimizerSpec,
                 label: str) -> dict:
-    torch.set_num_threads(threads)
-    rng = seed_everything(0)
-    model = build_backbone("lightgcn", data.train, preset=PRESET, optimizer=spec)
-    opt = ModelOptimizer([model], spec)
-    sampler = BPRSampler(data.train)
-    train_epoch(model, opt, sampler, rng, 4096)  # warm-up
+    """Epochs and evaluations of the trainer ``recalign train`` runs (Trainer.train_epoch,
+    the pairwise task's evaluate)."""
+    trainer = make_trainer(config(0, threads, spec), data)
+    task = trainer.task
+    trainer.train_epoch()  # warm-up
     times = []
     for _ in range(n):
         t = time.perf_counter()
-        train_epoch(model, opt, sampler, rng, 4096)
+        trainer.train_epoch()
         times.append(time.perf_counter() - t)
     t = time.perf_counter()
     for _ in range(n):
-        sampler.sample_negatives(sampler.users, rng)
+        task.sampler.sample_negatives(task.sampler.users, trainer.rng)
     sample_s = (time.perf_counter() - t) / n
     evals, reprs = [], []
-    users = np.arange(data.n_users)
     for _ in range(3):
         t = time.perf_counter()
-        model.eval()
-        score = model.scorer()
+        task.representations()
         t1 = time.perf_counter()
-        m = evaluate(score, data.test, data.train, users=users, protocol="rlmrec")
-        evals.append(time.perf_counter() - t)
+        m = task.evaluate("test")
+        evals.append(time.perf_counter() - t1)  # evaluate computes its representations too
         reprs.append(t1 - t)
-        model.invalidate_cache()
+    model = task.net
     return {"label": label, "threads": threads, "kernel": model.tables.kernel,
             "optimizer": spec.name, "epoch_s_median": statistics.median(times),
             "epoch_s_all": times, "negative_sampling_s": sample_s,
@@ -121,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare-kernels", action="store_true",
                     help="also time fused row-wise Adagrad tables (fbgemm CPU kernel)")
     ap.add_argument("--job", action="store_true",
-                    help="train through the job path (recalign.jobs.train: config, runner, "
-                    "export) instead of run_cf")
+                    help="train through the whole job (recalign.jobs.train: data loading, run "
+                    "folder, checkpoints, export) instead of the in-process trainer alone")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "train_cf.json")
     args = ap.parse_args(argv)
     if not args.data.is_dir():
@@ -152,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.job:
             res = run_job(args.data, seed, threads)
         else:
-            res = run_cf(data, "lightgcn", preset=PRESET,  # min_epochs 0: reference schedule
-                         params=TrainParams(seed=seed, threads=threads, min_epochs=0))
+            res = train(config(seed, threads), data)
         wall = time.perf_counter() - t
         runs.append({"seed": seed, "test": res["test"], "valid": res["valid"],
                      "best_epoch": res["best_epoch"], "epochs": res["epochs"],

@@ -1,10 +1,12 @@
-"""recalign train: a CF backbone (+ alignment) trained, evaluated, early-stopped,
-checkpointed, and exported as an embedding snapshot.
+"""recalign train: a model — a CF backbone (+ alignment) or a sequential recommender — trained
+by the one trainer (:mod:`recalign.train.trainer`), evaluated, early-stopped, checkpointed, and
+exported as an embedding snapshot.
 
 Data comes from a dataset snapshot (``data.source: snapshot``, ``data.path: <root>/<ds>/dataset``)
 or straight from ``data:`` (ingested in this process, nothing written) — the same
 :class:`~recalign.data.dataset.Dataset` either way. ``train.workers: 1`` runs in this
-process; ``N > 1`` runs the same runner in a Ray Train ``TorchTrainer`` with N workers.
+process (``train.device``); ``N > 1`` runs the same trainer in a Ray Train ``TorchTrainer``
+with N workers.
 The run folder is ``<output.root>/<dataset>/runs/<run name>/`` (checkpoints, curves.json,
 curves.png, result.json); the representations go to ``<root>/<dataset>/embeddings/v=...``.
 """
@@ -26,7 +28,8 @@ from recalign.jobs.common import standalone
 DESCRIPTION = "Train a CF backbone (+ alignment); evaluate, checkpoint, export embeddings."
 
 # settings that do not change what is trained: a resumed run keeps its name with them changed
-_NOT_HASHED = ("resume", "max_failures", "run_name", "workers", "checkpoint_every")
+_NOT_HASHED = ("resume", "max_failures", "run_name", "workers", "checkpoint_every",
+               "resources_per_worker")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,23 +119,27 @@ def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     from recalign.storage.snapshot import SnapshotStore
     from recalign.storage.uri import join
+    from recalign.train.api import check_selection
     from recalign.train.export import ExportTarget
-    from recalign.train.loop import CFData
-    from recalign.train.runner import RunInputs, check_inputs, model_meta
+    from recalign.train.tasks import task_of, with_task_defaults
+    from recalign.train.trainer import RunInputs
 
     t0 = time.perf_counter()
     cfg.model.check()  # names and params: errors before any data is read
+    cfg = with_task_defaults(cfg)
+    task = task_of(cfg)
+    check_selection(cfg)
     from recalign.align.base import known_alignments
 
     if cfg.align.method not in known_alignments():
         raise ConfigError(f"align.method: unknown alignment {cfg.align.method!r} (expected "
                           f"one of: {', '.join(known_alignments())})")
     ds, dataset, inputs = load_data(cfg)
-    data = CFData.from_dataset(ds)
-    check_inputs(cfg, data)
+    data = task.prepare(cfg, ds)
+    task.check(cfg, data)
     runs, name, exists = choose_run_dir(cfg, dataset)
     run_dir = join(runs, name)
-    meta = model_meta(cfg, data.n_users, data.n_items)
+    meta = task.meta(cfg, data)
     check_run_meta(run_dir, meta, exists and cfg.train.resume)
     store = SnapshotStore(cfg.output.root)
     artifact = cfg.train.artifact
@@ -155,9 +162,10 @@ def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
                     warm_start=warm,
                     manifest={"inputs": inputs, "config_hash": config_hash(
                         cfg, sections=("data", "model", "align", "train", "eval"))})
-    print(f"train: {dataset}: {data.n_users} users, {data.n_items} items, "
-          f"{data.train.nnz} training pairs; run {run_dir}", file=sys.stderr)
-    if cfg.train.workers == 1:
+    print(f"train: {dataset}: {ds.n_users} users, {ds.n_items} items, "
+          f"{ds.counts()['train']} training interactions ({task.name}); run {run_dir}",
+          file=sys.stderr)
+    if in_driver(cfg):
         summary = _in_process(inp, cfg, resume=cfg.train.resume and exists)
     else:
         summary = _ray(inp, cfg, runs, name)
@@ -166,15 +174,36 @@ def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def in_driver(cfg: Config) -> bool:
+    """One worker trains in this process — unless the job is attached to a Ray cluster
+    (``RAY_ADDRESS``): there the driver runs on the head node, which only coordinates, and
+    training always goes to Ray Train workers (placed by ``train.resources_per_worker``)."""
+    import os
+
+    return cfg.train.workers == 1 and not os.environ.get("RAY_ADDRESS")
+
+
+def worker_threads(cfg: Config) -> Config:
+    """Torch threads follow the CPUs a worker reserves, unless train.threads is set."""
+    if "threads" in cfg.train.model_fields_set:
+        return cfg
+    c = cfg.model_copy(deep=True)
+    c.train.threads = max(1, int(cfg.train.resources_per_worker.CPU))
+    return c
+
+
 def _in_process(inp: Any, cfg: Config, resume: bool) -> dict[str, Any]:
     from recalign.train.checkpoint import FolderCheckpoints
     from recalign.train.dist import Dist
-    from recalign.train.runner import Hooks, run_training
+    from recalign.train.placement import resolve_device
+    from recalign.train.tasks import task_of
+    from recalign.train.trainer import Hooks, run_training
 
     store = FolderCheckpoints(inp.run_dir)
     hooks = Hooks(load=store.latest if resume else (lambda: None),
                   save=lambda local, epoch, metrics: store.save(local, epoch))
-    out = run_training(inp, Dist(), hooks)
+    device = resolve_device(cfg.train.device, task_of(cfg).devices)
+    out = run_training(inp, Dist(device=device), hooks)
     assert out is not None
     return out
 
@@ -207,11 +236,23 @@ def _ray(inp: Any, cfg: Config, runs: str, name: str) -> dict[str, Any]:
     from recalign.operators.train_worker import run_trainer
     from recalign.storage.uri import fsspec_filesystem
 
-    inp = for_workers(inp)
-    ensure_ray(cfg.train.workers, object_store_gib=1.0)
+    import dataclasses
+
+    from recalign.operators.train_worker import worker_resources
+
+    inp = for_workers(dataclasses.replace(
+        inp, config=worker_threads(cfg).model_dump(mode="json")))
+    ensure_ray(cfg.train.workers * cfg.train.resources_per_worker.CPU, object_store_gib=1.0)
+    if cfg.train.use_gpu:
+        import ray
+
+        if ray.cluster_resources().get("GPU", 0) < 1:
+            raise ConfigError("train.use_gpu: the Ray cluster has no GPU (ray.cluster_resources()"
+                              " lists none); set train.use_gpu false or add GPU nodes")
     try:
         result = run_trainer(inp, workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
-                             run_name=name, storage=runs, max_failures=cfg.train.max_failures)
+                             run_name=name, storage=runs, max_failures=cfg.train.max_failures,
+                             resources=worker_resources(cfg))
     finally:
         release_ray()
     if getattr(result, "error", None) is not None:

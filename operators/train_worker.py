@@ -1,7 +1,7 @@
 """Ray Train: the CF training worker loop and the TorchTrainer that runs it.
 
 Each worker gets its process group from Ray Train (gloo on CPU, nccl on GPU), builds a
-:class:`recalign.train.dist.Dist` from it and runs :func:`recalign.train.runner.run_training`
+:class:`recalign.train.dist.Dist` from it and runs :func:`recalign.train.trainer.run_training`
 — the same code as the in-process run — with checkpoint hooks that go through Ray Train:
 ``ray.train.report(metrics, checkpoint=...)`` from every rank (Ray merges the ranks' folders
 into one checkpoint directory) and ``ray.train.get_checkpoint()`` on start, which is how both
@@ -25,7 +25,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from recalign.storage.uri import fsspec_filesystem
     from recalign.train.dist import Dist
-    from recalign.train.runner import Hooks, run_training
+    from recalign.train.trainer import Hooks, run_training
 
     inputs = ray.get(config["inputs"])
     ctx = ray.train.get_context()
@@ -35,7 +35,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         import ray.train.torch as rtt
 
         device = rtt.get_device()
-    d = Dist(rank, world, device)
+    d = Dist(rank, world, device, local_world=ctx.get_local_world_size())
     # where this worker runs (operations; the fault-tolerance test kills one by this pid)
     fs, base = fsspec_filesystem(inputs.run_dir)
     fs.makedirs(f"{base}/workers", exist_ok=True)
@@ -56,8 +56,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     run_training(inputs, d, Hooks(load=load, save=save, report=report))
 
 
+def worker_resources(cfg: Any) -> dict[str, float]:
+    """``train.resources_per_worker`` as Ray resources (GPU 1 by default with use_gpu)."""
+    r = cfg.train.resources_per_worker
+    out: dict[str, float] = {"CPU": r.CPU}
+    gpu = r.GPU if r.GPU is not None else (1.0 if cfg.train.use_gpu else None)
+    if gpu:
+        out["GPU"] = gpu
+    if r.memory:
+        out["memory"] = r.memory
+    return out
+
+
 def run_trainer(inputs: Any, *, workers: int, use_gpu: bool, run_name: str, storage: str,
-                max_failures: int, keep_checkpoints: int = 2) -> Any:
+                max_failures: int, keep_checkpoints: int = 2,
+                resources: dict[str, float] | None = None) -> Any:
     """Run ``inputs`` on a TorchTrainer with ``workers`` workers; returns the Ray ``Result``.
 
     A run with the same ``storage``/``run_name`` as an earlier one continues from its latest
@@ -72,9 +85,10 @@ def run_trainer(inputs: Any, *, workers: int, use_gpu: bool, run_name: str, stor
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"inputs": ref, "use_gpu": use_gpu},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        # collectives match their tensors: CPU bookkeeping over gloo, CUDA tensors over nccl
+        torch_config=TorchConfig(backend="cpu:gloo,cuda:nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": 1}),
+                                     resources_per_worker=resources or {"CPU": 1}),
         run_config=RunConfig(
             name=run_name, storage_path=_ray_storage(storage),
             failure_config=FailureConfig(max_failures=max_failures),

@@ -51,8 +51,8 @@ def _worker(rank: int, root: str, mode: str) -> None:
     from recalign.config import load_config
     from recalign.data.ingest import load_dataset
     from recalign.train.dist import Dist
-    from recalign.train.loop import CFData
-    from recalign.train.runner import Hooks, RunInputs, run_training
+    from recalign.train.data import CFData
+    from recalign.train.trainer import Hooks, RunInputs, run_training
 
     cfg = load_config(None, _config(root, mode))
     ds = load_dataset(cfg.data)
@@ -73,8 +73,8 @@ def test_run_training_two_ranks_share_darec_centres(tmp_path: Path, mode: str) -
     spawn_ranks(_worker, 2, root, mode)
     steps_per_epoch = -(-n_train // BATCH)
     for epoch in (1, 2):  # checkpoints after each epoch's validation
-        a = torch.load(f"{root}/e{epoch}-rank0.pt", weights_only=False)["align"]
-        b = torch.load(f"{root}/e{epoch}-rank1.pt", weights_only=False)["align"]
+        a = torch.load(f"{root}/e{epoch}-rank0.pt", weights_only=False)["task"]["align"]
+        b = torch.load(f"{root}/e{epoch}-rank1.pt", weights_only=False)["task"]["align"]
         for key in ("km_c.centres", "km_l.centres", "km_c.counts", "km_l.counts"):
             assert torch.equal(a[key], b[key]), key  # bitwise identical on both ranks
         assert a["km_c.centres"].std() > 0 and bool(a["km_c.initialised"])

@@ -30,7 +30,8 @@ from recalign.models.gccf import GCCF
 from recalign.models.sgl import SGL
 from recalign.models.simgcl import SimGCL
 from recalign.tables import ModelOptimizer, TableOptimizerSpec
-from recalign.train.loop import CFData, TrainParams, run_cf, seed_everything
+from cf_train import run_cf
+from recalign.train.data import CFData, seed_everything
 
 warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
 
@@ -426,10 +427,10 @@ def test_autocf_schedule_and_loss_decreasing():
 @pytest.mark.parametrize("name", ZOO)
 def test_backbone_beats_popularity_on_planted_data(name):
     data = planted(np.random.default_rng(0))
-    params = TrainParams(optimizer=TableOptimizerSpec(lr=1e-2), batch_size=256, max_epochs=12,
-                         eval_every=3, patience=3, seed=7, threads=1)
+    params = dict(optimizer={"lr": 1e-2}, batch_size=256, max_epochs=12,
+                  eval_every=3, patience=3, seed=7, threads=1)
     extra = {"seed_num": 10} if name == "autocf" else {}
-    res = run_cf(data, name, extra, params=params)
+    res = run_cf(data, name, extra, **params)
     pop = np.asarray(data.train.sum(0)).ravel().astype(np.float32)
     pop_m = evaluate(lambda u: torch.from_numpy(pop).repeat(len(u), 1), data.test, data.train)
     assert pop_m["recall@20"] == pytest.approx(0.2784, abs=1e-3)

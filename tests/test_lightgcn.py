@@ -18,7 +18,9 @@ from recalign.eval.metrics import evaluate
 from recalign.models import build_backbone, get_backbone, known_backbones
 from recalign.models.lightgcn import LightGCN, LightGCNParams, lightgcn_params
 from recalign.tables import IdTables, ModelOptimizer, TableOptimizerSpec, init_bound
-from recalign.train.loop import CFData, TrainParams, run_cf, seed_everything
+from cf_train import run_cf
+from recalign.config import TrainConfig
+from recalign.train.data import CFData, seed_everything
 
 warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
 
@@ -176,9 +178,9 @@ def test_tables_init_and_fused_kernel():
 def test_lightgcn_trains_with_fused_tables():
     rng = np.random.default_rng(0)
     data = planted(rng)
-    params = TrainParams(optimizer=TableOptimizerSpec(name="rowwise_adagrad", lr=0.05),
-                         batch_size=512, max_epochs=2, eval_every=1, patience=5, seed=3)
-    res = run_cf(data, "lightgcn", {"dim": 16, "layers": 2}, params=params)
+    params = dict(optimizer={"name": "rowwise_adagrad", "lr": 0.05},
+                  batch_size=512, max_epochs=2, eval_every=1, patience=5, seed=3)
+    res = run_cf(data, "lightgcn", {"dim": 16, "layers": 2}, **params)
     assert res["model"].tables.fused
     assert res["history"][-1]["bpr"] < res["history"][0]["bpr"] < 0.7
 
@@ -207,10 +209,10 @@ def planted(rng: np.random.Generator, n_users=300, n_items=150, clusters=5) -> C
 
 def test_training_beats_popularity_and_is_deterministic():
     data = planted(np.random.default_rng(0))
-    params = TrainParams(optimizer=TableOptimizerSpec(lr=1e-2), batch_size=256, max_epochs=30,
-                         eval_every=3, patience=3, seed=7, threads=1)
+    params = dict(optimizer={"lr": 1e-2}, batch_size=256, max_epochs=30,
+                  eval_every=3, patience=3, seed=7, threads=1)
     model_params = {"dim": 32, "layers": 2, "reg_weight": 1e-4}
-    res = run_cf(data, "lightgcn", model_params, params=params)
+    res = run_cf(data, "lightgcn", model_params, **params)
     pop = np.asarray(data.train.sum(0)).ravel().astype(np.float32)
     pop_metrics = evaluate(lambda u: torch.from_numpy(pop).repeat(len(u), 1), data.test,
                            data.train)
@@ -225,7 +227,7 @@ def test_training_beats_popularity_and_is_deterministic():
     assert res["valid"]["recall@20"] == max(h["valid"]["recall@20"]
                                             for h in res["history"] if "valid" in h)
     # determinism: same seed -> same metrics and weights; another seed -> different weights
-    again = run_cf(data, "lightgcn", model_params, params=params)
+    again = run_cf(data, "lightgcn", model_params, **params)
     def untimed(h):
         return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in h]
 
@@ -234,8 +236,7 @@ def test_training_beats_popularity_and_is_deterministic():
     for (k, a), (_, b) in zip(res["model"].state_dict().items(),
                               again["model"].state_dict().items()):
         assert torch.equal(a, b), k
-    other = run_cf(data, "lightgcn", model_params,
-                   params=params.model_copy(update={"seed": 8, "max_epochs": 1}))
+    other = run_cf(data, "lightgcn", model_params, **{**params, "seed": 8, "max_epochs": 1})
     assert not torch.equal(other["model"].tables.weights()[0], res["model"].tables.weights()[0])
 
 
@@ -357,14 +358,12 @@ def test_min_epochs_holds_off_early_stopping():
     epoch 0: patience 1 stops after epoch 1, unless min_epochs holds the run to 5 epochs
     (the best weights, epoch 0's, are still the ones tested)."""
     data = planted(np.random.default_rng(0))
-    params = TrainParams(optimizer=TableOptimizerSpec(lr=1e-12), batch_size=512,
-                         max_epochs=20, eval_every=1, patience=1, seed=7, threads=1,
-                         min_epochs=0)
+    params = dict(optimizer={"lr": 1e-12}, batch_size=512,
+                  max_epochs=20, eval_every=1, patience=1, seed=7, threads=1, min_epochs=0)
     model_params = {"dim": 16, "layers": 2}
-    assert TrainParams().min_epochs == 30  # the default floor
-    early = run_cf(data, "lightgcn", model_params, params=params)
-    held = run_cf(data, "lightgcn", model_params,
-                  params=params.model_copy(update={"min_epochs": 5}))
+    assert TrainConfig().min_epochs == 30  # the default floor
+    early = run_cf(data, "lightgcn", model_params, **params)
+    held = run_cf(data, "lightgcn", model_params, **{**params, "min_epochs": 5})
     assert (early["epochs"], early["best_epoch"]) == (2, 0)
     assert (held["epochs"], held["best_epoch"]) == (5, 0)
     assert held["test"] == early["test"]

@@ -66,7 +66,7 @@ def test_semantic_only_train_job_ranks_by_vectors_and_shuffling_breaks_it(tmp_pa
 
     from recalign.config import load_config
     from recalign.data.ingest import load_dataset
-    from recalign.train.loop import CFData
+    from recalign.train.data import CFData
 
     _write_planted_vectors(tmp_path)
     out = _train(tmp_path)
@@ -116,24 +116,20 @@ def test_semantic_only_needs_vectors(tmp_path: Path) -> None:
 def _rank(rank: int, root: str, version: str) -> None:
     from recalign.config import load_config
     from recalign.data.ingest import load_dataset
-    from recalign.train import runner
     from recalign.train.dist import Dist
     from recalign.train.export import ExportTarget
-    from recalign.train.loop import CFData
+    from recalign.train.data import CFData
+    from recalign.train.trainer import RunInputs, Trainer
 
     cfg = load_config(None, _overrides(Path(root), "train.max_epochs=4", "train.workers=2"))
     ds = load_dataset(cfg.data)
-    inp = runner.RunInputs(cfg.model_dump(mode="json"), CFData.from_dataset(ds),
-                           ds.user_map.keys, ds.item_map.keys, f"{root}/run",
-                           export=ExportTarget(root, ds.name, version, "embeddings"))
-    real_export = runner.export_rows
-
-    def export_and_keep_mlp(inp, d, dmp, net, *rest):  # the trained MLP of this rank
-        torch.save(net.state_dict(), os.path.join(root, f"mlp-{rank}.pt"))
-        return real_export(inp, d, dmp, net, *rest)
-
-    runner.export_rows = export_and_keep_mlp
-    summary = runner.run_training(inp, Dist(rank, 2))
+    inp = RunInputs(cfg.model_dump(mode="json"), CFData.from_dataset(ds),
+                    ds.user_map.keys, ds.item_map.keys, f"{root}/run",
+                    export=ExportTarget(root, ds.name, version, "embeddings"))
+    trainer = Trainer(inp, Dist(rank, 2))
+    summary = trainer.run()
+    # the trained MLP of this rank
+    torch.save(trainer.task.net.state_dict(), os.path.join(root, f"mlp-{rank}.pt"))
     if rank == 0:
         Path(root, "summary.json").write_text(json.dumps(summary, default=str))
 
@@ -164,16 +160,16 @@ def test_semantic_only_workers_need_no_fused_optimizer(tmp_path: Path) -> None:
     without tables (plain data parallel)."""
     from recalign.config import load_config
     from recalign.data.ingest import load_dataset
-    from recalign.train.loop import CFData
-    from recalign.train.runner import check_inputs
+    from recalign.train.data import CFData
+    from recalign.train.tasks.pairwise import PairwiseTask
 
     cfg = load_config(None, _overrides(tmp_path, "train.workers=2"))
     data = CFData.from_dataset(load_dataset(cfg.data))
-    check_inputs(cfg, data)
+    PairwiseTask.check(cfg, data)
     cf = load_config(None, _overrides(tmp_path, "train.workers=2", "model.backbone=lightgcn",
                                       "model.params={dim: 16}"))
     with pytest.raises(ConfigError, match="need an fbgemm fused optimizer"):
-        check_inputs(cf, data)
+        PairwiseTask.check(cf, data)
 
 
 @pytest.fixture()

@@ -141,8 +141,8 @@ def test_darec_on_ray_train_shares_centres_across_workers(tmp_path: Path, ray_lo
     steps = -(-int(ds.matrix("train").nnz) // 512)
     for ck in ckpts:
         # our own checkpoint files, written by this test's run: plain torch.load
-        a = torch.load(ck / "rank-0.pt", weights_only=False)["align"]
-        b = torch.load(ck / "rank-1.pt", weights_only=False)["align"]
+        a = torch.load(ck / "rank-0.pt", weights_only=False)["task"]["align"]
+        b = torch.load(ck / "rank-1.pt", weights_only=False)["task"]["align"]
         for key in ("km_c.centres", "km_l.centres", "km_c.counts", "km_l.counts"):
             assert torch.equal(a[key], b[key]), (ck.name, key)
         assert a["km_l.centres"].std() > 0 and bool(a["km_c.initialised"])

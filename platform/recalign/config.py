@@ -311,10 +311,27 @@ class PropagationConfig(Section):
         return v
 
 
+class WorkerResources(Section):
+    """What each Ray Train worker reserves (``ScalingConfig.resources_per_worker``)."""
+
+    CPU: float = Field(1.0, gt=0, description="logical CPUs; torch threads follow it unless "
+                       "train.threads is set")
+    GPU: float | None = Field(None, ge=0, description="GPUs per worker (default: 1 with "
+                              "train.use_gpu, else 0)")
+    memory: int | None = Field(None, ge=0, description="bytes of memory to reserve")
+
+
 class TrainConfig(Section):
     workers: int = Field(1, ge=1, description="1: in-process; N > 1: Ray Train TorchTrainer "
                          "with N workers (gloo on CPU, nccl on GPU)")
-    use_gpu: bool = False
+    use_gpu: bool = Field(False, description="Ray Train workers on GPUs (one each, nccl)")
+    resources_per_worker: WorkerResources = WorkerResources()
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="workers: 1 in-process: auto (cuda when the model family runs "
+        "there and a GPU is visible, else cpu), cpu, or cuda; Ray Train workers follow use_gpu")
+    tables: Literal["torchrec", "torch"] = Field(
+        "torchrec", description="ID-table backend: torchrec (fbgemm kernels, sharded over "
+        "workers) or torch (nn.Embedding: one process, any device, no fbgemm needed)")
     seed: int = 2023
     batch_size: int = Field(4096, ge=1, description="global batch (split across workers)")
     max_epochs: int = Field(3000, ge=1)
@@ -354,6 +371,8 @@ class EvalConfig(Section):
                                      "time (the RLMRec reference does not)")
     max_users: int | None = Field(None, ge=1, description="evaluate a seeded sample of at most "
                                   "this many users per split (default: all)")
+    mask_history: bool = Field(True, description="next-item task: mask the items of the "
+                               "history a user is scored from (the S3-Rec all-rank protocol)")
 
 
 class OutputConfig(Section):

@@ -239,7 +239,8 @@ class DaRec(Alignment):
 
     def __init__(self, semantic: SemanticVectors, dim: int, params: DaRecParams | None = None,
                  *, reg_weight: float = 0.0, group: object = None,
-                 reduce_fn: ReduceFn | None = None, rank: int = 0) -> None:
+                 reduce_fn: ReduceFn | None = None, rank: int = 0,
+                 device: torch.device | None = None) -> None:
         super().__init__()
         p = self.params = params or DaRecParams()
         self.reg_weight = p.reg_weight if p.reg_weight is not None else reg_weight
@@ -254,7 +255,7 @@ class DaRec(Alignment):
         self.km_c = MiniBatchKMeans(p.k, p.width, **kw)  # type: ignore[arg-type]
         self.km_l = MiniBatchKMeans(p.k, p.width, **kw)  # type: ignore[arg-type]
         sem, mask = semantic.all_nodes()
-        self.bf16 = resolve_bf16(p.bf16)
+        self.bf16 = resolve_bf16(p.bf16, device)  # "auto": on the training device
         if self.bf16:
             sem = sem.bfloat16()
         self.register_buffer("sem", sem, persistent=False)
@@ -271,10 +272,10 @@ class DaRec(Alignment):
     @classmethod
     def build(cls, semantic: SemanticVectors, dim: int, params: dict | DaRecParams | None = None,
               *, backbone: Any = None, group: object = None, reduce_fn: ReduceFn | None = None,
-              rank: int = 0, **_: Any) -> "DaRec":
+              rank: int = 0, device: torch.device | None = None, **_: Any) -> "DaRec":
         p = params if isinstance(params, DaRecParams) else DaRecParams(**(params or {}))
         return cls(semantic, dim, p, reg_weight=backbone_reg_weight(backbone), group=group,
-                   reduce_fn=reduce_fn, rank=rank)
+                   reduce_fn=reduce_fn, rank=rank, device=device)
 
     def sample(self) -> torch.Tensor:
         n = self.nodes_with.numel()

@@ -104,13 +104,13 @@ class RLMRecCon(Alignment):
     Params: ClassVar[type[BaseModel]] = ConParams
 
     def __init__(self, semantic: SemanticVectors, dim: int, params: ConParams | None = None,
-                 *, reg_weight: float = 0.0) -> None:
+                 *, reg_weight: float = 0.0, device: torch.device | None = None) -> None:
         super().__init__()
         self.params = params or ConParams()
         self.reg_weight = self.params.reg_weight if self.params.reg_weight is not None else reg_weight
         self.mlp = projection_mlp(semantic.dim, dim)
         # bf16: the vectors are stored in bf16 (half the memory; autocast then converts nothing)
-        self.bf16 = resolve_bf16(self.params.bf16)
+        self.bf16 = resolve_bf16(self.params.bf16, device)  # "auto": on the training device
         dtype = torch.bfloat16 if self.bf16 else torch.float32
         users_with = torch.nonzero(semantic.users.mask).flatten()
         slot = torch.full((semantic.n_users,), -1, dtype=torch.long)
@@ -126,9 +126,10 @@ class RLMRecCon(Alignment):
 
     @classmethod
     def build(cls, semantic: SemanticVectors, dim: int, params: dict | ConParams | None = None,
-              *, backbone: Any = None, **_: Any) -> "RLMRecCon":
+              *, backbone: Any = None, device: torch.device | None = None,
+              **_: Any) -> "RLMRecCon":
         p = params if isinstance(params, ConParams) else ConParams(**(params or {}))
-        return cls(semantic, dim, p, reg_weight=backbone_reg_weight(backbone))
+        return cls(semantic, dim, p, reg_weight=backbone_reg_weight(backbone), device=device)
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         with autocast(self.bf16, x.device):

@@ -61,7 +61,8 @@ class RLMRecGen(Alignment):
     Params: ClassVar[type[BaseModel]] = GenParams
 
     def __init__(self, semantic: SemanticVectors, dim: int, params: GenParams | None = None,
-                 *, reg_weight: float = 0.0, layer0_dim: int | None = None) -> None:
+                 *, reg_weight: float = 0.0, layer0_dim: int | None = None,
+                 device: torch.device | None = None) -> None:
         super().__init__()
         self.params = params or GenParams()
         self.reg_weight = self.params.reg_weight if self.params.reg_weight is not None else reg_weight
@@ -70,7 +71,7 @@ class RLMRecGen(Alignment):
         self.mask_token = nn.Parameter(torch.zeros(1, layer0_dim or dim))
         self.mlp = projection_mlp(dim, semantic.dim)
         sem, mask = semantic.all_nodes()
-        self.bf16 = resolve_bf16(self.params.bf16)
+        self.bf16 = resolve_bf16(self.params.bf16, device)  # "auto": on the training device
         if self.bf16:  # half the memory, and autocast converts nothing per step
             sem = sem.bfloat16()
         self.register_buffer("sem", sem, persistent=False)
@@ -81,12 +82,13 @@ class RLMRecGen(Alignment):
 
     @classmethod
     def build(cls, semantic: SemanticVectors, dim: int, params: dict | GenParams | None = None,
-              *, backbone: Any = None, layer0_dim: int | None = None, **_: Any) -> "RLMRecGen":
+              *, backbone: Any = None, layer0_dim: int | None = None,
+              device: torch.device | None = None, **_: Any) -> "RLMRecGen":
         p = params if isinstance(params, GenParams) else GenParams(**(params or {}))
         if layer0_dim is None and backbone is not None:
             layer0_dim = getattr(getattr(backbone, "params", None), "dim", None)
         return cls(semantic, dim, p, reg_weight=backbone_reg_weight(backbone),
-                   layer0_dim=layer0_dim)
+                   layer0_dim=layer0_dim, device=device)
 
     def layer0_hook(self, layer0: torch.Tensor) -> torch.Tensor:
         n = layer0.shape[0]

@@ -12,7 +12,7 @@ name       metrics                          definitions (``T`` = the user's held
 =========  ===============================  =================================================
 rlmrec     recall@5/10/20, ndcg@5/10/20     recall = hits / |T|; NDCG ideal over min(k, |T|)
 cllm4rec   recall@20, recall@40, ndcg@100   recall = hits / min(k, |T|); NDCG over min(k, |T|)
-loo        hr@5/10, ndcg@5/10               exactly one target: hr = hit, NDCG = 1/log2(rank+1)
+loo        hr@5/10/20, ndcg@5/10/20            exactly one target: hr = hit, NDCG = 1/log2(rank+1)
 =========  ===============================  =================================================
 
 DCG = Σ over hits at 1-based rank r of 1/log2(r+1); ideal DCG = Σ_{r=1..min(k,|T|)} 1/log2(r+1).
@@ -73,7 +73,8 @@ class Protocol:
 PROTOCOLS: dict[str, Protocol] = {
     "rlmrec": Protocol("rlmrec", (5, 10, 20), (5, 10, 20), "recall", "all", False, "recall@20"),
     "cllm4rec": Protocol("cllm4rec", (20, 40), (100,), "recall", "min_k", False, "recall@20"),
-    "loo": Protocol("loo", (5, 10), (5, 10), "hr", "min_k", True, "hr@10"),
+    # leave-one-out (sequential recommenders): model selection on NDCG@10 as RecBole/DuoRec
+    "loo": Protocol("loo", (5, 10, 20), (5, 10, 20), "hr", "min_k", True, "ndcg@10"),
 }
 
 
@@ -160,7 +161,7 @@ def _topk_lower_id_ties(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
         straddle = (vals[:, k] == vals[:, k - 1]) & (vals[:, k - 1] > -math.inf)
         vals, idx = vals[:, :k].contiguous(), idx[:, :k].contiguous()
     else:
-        straddle = torch.zeros(scores.shape[0], dtype=torch.bool)
+        straddle = torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
     rows = straddle.nonzero().squeeze(1)
     if rows.numel():
         v, i = torch.sort(scores[rows], dim=1, descending=True, stable=True)
@@ -248,9 +249,11 @@ def ranking_sums(
             s = s.float()
         if exclude is not None:
             r, cidx = _rows_cols(exclude[u])
-            if r.numel():
-                s.index_put_((r, cidx), torch.tensor(-math.inf, dtype=s.dtype))
+            if r.numel():  # scores may live on an accelerator: index them where they are
+                s.index_put_((r.to(s.device), cidx.to(s.device)),
+                             torch.tensor(-math.inf, dtype=s.dtype, device=s.device))
         vals, idx = _topk_lower_id_ties(s, k)
+        vals, idx = vals.cpu(), idx.cpu()
         del s
         target = torch.zeros((c, n_items), dtype=torch.bool)
         r, cidx = _rows_cols(heldout[u])

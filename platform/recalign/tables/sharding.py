@@ -39,7 +39,8 @@ def _sharder(spec: TableOptimizerSpec) -> Any:
 
 
 def build_plan(ebc: nn.Module, kind: PlanKind, world_size: int, device_type: str,
-               sharder: Any, module_path: str, pg: Any = None) -> Any:
+               sharder: Any, module_path: str, pg: Any = None,
+               local_size: int | None = None) -> Any:
     """A ShardingPlan for the embedding collection found at ``module_path`` in the model."""
     from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
     from torchrec.distributed.sharding_plan import (construct_module_sharding_plan, row_wise,
@@ -47,8 +48,9 @@ def build_plan(ebc: nn.Module, kind: PlanKind, world_size: int, device_type: str
     from torchrec.distributed.types import ShardingPlan
 
     if kind == "planner":
-        planner = EmbeddingShardingPlanner(topology=Topology(world_size=world_size,
-                                                             compute_device=device_type))
+        planner = EmbeddingShardingPlanner(topology=Topology(
+            world_size=world_size, compute_device=device_type,
+            local_world_size=local_size or world_size))
         holder = nn.Module()
         holder.add_module(module_path, ebc)
         if pg is not None:
@@ -62,14 +64,15 @@ def build_plan(ebc: nn.Module, kind: PlanKind, world_size: int, device_type: str
     else:
         raise ValueError(f"unknown sharding plan {kind!r}; known: table-wise, row-wise, planner")
     module_plan = construct_module_sharding_plan(ebc, per_table, sharder=sharder,
-                                                 local_size=world_size, world_size=world_size,
+                                                 local_size=local_size or world_size,
+                                                 world_size=world_size,
                                                  device_type=device_type)
     return ShardingPlan({module_path: module_plan})
 
 
 def shard_model(model: nn.Module, tables_path: str, kind: PlanKind,
                 optimizer: TableOptimizerSpec, *, pg: Any = None,
-                device: torch.device | str = "cpu") -> Any:
+                device: torch.device | str = "cpu", local_size: int | None = None) -> Any:
     """Wrap ``model`` in DMP: the collection at ``tables_path`` (e.g. ``"tables.ebc"``) is
     sharded by ``kind`` with fused fbgemm optimizers; dense parameters go under DDP."""
     from torchrec.distributed.model_parallel import DistributedModelParallel
@@ -79,7 +82,9 @@ def shard_model(model: nn.Module, tables_path: str, kind: PlanKind,
     device = torch.device(device)
     sharder = _sharder(optimizer)
     ebc = model.get_submodule(tables_path)
-    plan = build_plan(ebc, kind, dist.get_world_size(pg), device.type, sharder, tables_path, pg)
+    # local_size: ranks per node (Ray Train's local world size); defaults to one node
+    plan = build_plan(ebc, kind, dist.get_world_size(pg), device.type, sharder, tables_path, pg,
+                      local_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return DistributedModelParallel(model, env=ShardingEnv.from_process_group(pg), plan=plan,

@@ -1,7 +1,6 @@
-"""Training loop pieces shared by single-process and distributed runs."""
+"""Training: one trainer (:mod:`recalign.train.trainer`) for every model family, generic over a
+task (:mod:`recalign.train.tasks`), in one process or as Ray Train ranks."""
 
-from recalign.train.loop import (CFData, EarlyStopping, TrainParams, evaluate_model, fit, run_cf,
-                                 seed_everything, train_epoch)
+from recalign.train.data import CFData, seed_everything
 
-__all__ = ["CFData", "EarlyStopping", "TrainParams", "evaluate_model", "fit", "run_cf",
-           "seed_everything", "train_epoch"]
+__all__ = ["CFData", "seed_everything"]

@@ -7,8 +7,9 @@ uploads them into one checkpoint directory, the in-process store copies it)::
 
     .metadata, __<rank>_0.distcp   torch.distributed.checkpoint of {"model": state_dict,
                                    "optim": fused optimizer state} (sharded tensors per rank)
-    rank-<r>.pt                    loop state: epoch, history, early-stopping state, best
-                                   weights of this rank's shards, RNG states, dense optimizer
+    rank-<r>.pt                    loop state: epoch, history, early-stopping state, RNG
+                                   states (CPU and CUDA), dense optimizer, the task's own
+                                   state; plain types and tensors, loaded with weights_only
     meta.json                      dims and ids counts, to refuse a mismatching resume
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -62,7 +64,8 @@ def load_local(folder: str, rank: int, sharded: dict[str, Any],
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dcp.load(sharded, checkpoint_id=folder, no_dist=not distributed)
-    return torch.load(os.path.join(folder, f"rank-{rank}.pt"), weights_only=False)
+    # plain types and tensors only (numpy RNG states are dicts of ints): nothing is unpickled
+    return torch.load(os.path.join(folder, f"rank-{rank}.pt"), weights_only=True)
 
 
 class FolderCheckpoints:
@@ -99,3 +102,75 @@ class FolderCheckpoints:
         for p in fs.ls(f"{base}/{name}", detail=False):
             fs.get_file(p, os.path.join(local, p.rsplit("/", 1)[-1]))
         return local
+
+
+class BestWeights:
+    """The best validation's weights as their own torch.distributed.checkpoint, written when
+    validation improves and read once after training — not a second copy of every table held in
+    memory or pickled into the loop state.
+
+    ``<run_dir>/best/epoch-<e>/``: every rank writes its own shards (replicated tensors once)
+    into a local folder, or — for object storage (``s3://``) — into a temporary folder whose
+    files it then uploads (and downloads before loading). On a multi-node
+    cluster ``output.root`` must be shared storage (s3, a shared filesystem), as for the run
+    files. Older epochs are deleted after a newer one is complete; a resumed run that reaches
+    the same improvement again rewrites it."""
+
+    def __init__(self, run_dir: str, distributed: bool, rank: int, barrier: Any) -> None:
+        self.base = join(run_dir, "best")
+        self.distributed, self.rank, self.barrier = distributed, rank, barrier
+
+    def _path(self, epoch: int) -> str:
+        return f"{self.base}/epoch-{epoch:06d}"
+
+    @staticmethod
+    def _local(path: str) -> str | None:
+        return path.split("://", 1)[-1] if "://" not in path or path.startswith("file://") \
+            else None
+
+    def save(self, state: dict[str, Any], epoch: int) -> None:
+        import torch.distributed.checkpoint as dcp
+
+        path = self._path(epoch)
+        local = self._local(path)
+        folder = local or tempfile.mkdtemp(prefix="recalign-best-")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                dcp.save(state, checkpoint_id=folder, no_dist=not self.distributed)
+            if local is None:  # object storage: each rank uploads the files it wrote
+                fs, base = fsspec_filesystem(path)
+                for f in sorted(os.listdir(folder)):
+                    fs.put_file(os.path.join(folder, f), f"{base}/{f}")
+        finally:
+            if local is None:
+                shutil.rmtree(folder, ignore_errors=True)
+        self.barrier()
+        if self.rank == 0:  # the new one is complete on every rank: drop the older ones
+            fs, base = fsspec_filesystem(self.base)
+            for p in fs.ls(base, detail=False):
+                name = p.rstrip("/").rsplit("/", 1)[-1]
+                if name.startswith("epoch-") and name != f"epoch-{epoch:06d}":
+                    fs.rm(p, recursive=True)
+
+    def load(self, state: dict[str, Any], epoch: int) -> None:
+        """In place into ``state`` (the same structure that was saved)."""
+        import torch.distributed.checkpoint as dcp
+
+        path = self._path(epoch)
+        fs, base = fsspec_filesystem(path)
+        if not fs.exists(base):
+            raise ConfigError(f"the best weights of epoch {epoch} are missing from {path}: the "
+                              "run folder lost them; start a new run")
+        local = self._local(path)
+        folder = local or tempfile.mkdtemp(prefix="recalign-best-")
+        try:
+            if local is None:
+                for p in fs.ls(base, detail=False):
+                    fs.get_file(p, os.path.join(folder, p.rsplit("/", 1)[-1]))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                dcp.load(state, checkpoint_id=folder, no_dist=not self.distributed)
+        finally:
+            if local is None:
+                shutil.rmtree(folder, ignore_errors=True)

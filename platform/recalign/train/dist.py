@@ -20,6 +20,8 @@ class Dist:
     world: int = 1
     device: torch.device = torch.device("cpu")
     pg: Any = None  # None: the default group (when world > 1)
+    #: ranks on this node (Ray Train's local world size): hand-built sharding plans need it
+    local_world: int | None = None
 
     @classmethod
     def from_torch(cls, device: torch.device | str = "cpu") -> "Dist":
@@ -33,13 +35,26 @@ class Dist:
         return self.world > 1
 
     def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """In place; a tensor on another device than the rank's (a CPU tensor under nccl) is
+        reduced on the rank's device and copied back, so callers need not care."""
         if self.distributed:
             ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
-            dist.all_reduce(t, op=ops[op], group=self.pg)
+            if t.device.type != self.device.type and self._backend_needs_device():
+                moved = t.to(self.device)
+                dist.all_reduce(moved, op=ops[op], group=self.pg)
+                t.copy_(moved)
+            else:
+                dist.all_reduce(t, op=ops[op], group=self.pg)
         return t
 
+    def _backend_needs_device(self) -> bool:
+        # a "cpu:gloo,cuda:nccl" group reduces each tensor where it lives
+        backend = str(dist.get_backend(self.pg))
+        return "gloo" not in backend
+
     def max_int(self, v: int) -> int:
-        return int(self.all_reduce(torch.tensor([int(v)], dtype=torch.int64), "max").item())
+        t = torch.tensor([int(v)], dtype=torch.int64, device=self.device)
+        return int(self.all_reduce(t, "max").item())
 
     def gather_objects(self, obj: Any) -> list[Any]:
         """Every rank's ``obj`` on every rank (small metadata only)."""

@@ -97,9 +97,16 @@ def _single_file(path: Path, what: str, match: Any) -> Path:
 
 @register("amazon-sequences")
 def load_amazon_sequences(cfg: Any) -> RawData:
-    """``user item item ...`` lines → interactions ordered by position."""
-    path = _single_file(Path(str(cfg.path)).expanduser(), "sequence file (*.txt)",
-                        lambda n: n.endswith(".txt"))
+    """``user item item ...`` lines → interactions ordered by position.
+
+    ``data.path`` is the file, or a folder with one ``*.txt`` file — or, as the S3-Rec release
+    ships it, a raw-ASIN ``*_user_sequence.txt`` beside its integer-id copy (``Beauty.txt``):
+    then the raw-ASIN file is read (its keys are the catalogue's); name the other file to
+    read it instead."""
+    path = Path(str(cfg.path)).expanduser()
+    raw = sorted(path.glob("*_user_sequence.txt")) if path.is_dir() else []
+    path = raw[0] if len(raw) == 1 else _single_file(path, "sequence file (*.txt)",
+                                                     lambda n: n.endswith(".txt"))
     try:
         lines = pacsv.read_csv(
             path, read_options=pacsv.ReadOptions(column_names=["line"]),

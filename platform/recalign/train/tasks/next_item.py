@@ -1,0 +1,223 @@
+"""Task ``next-item``: a user's time-ordered history -> the next item (sequential recommenders).
+
+* **Data** (:mod:`recalign.data.sequences`): a leave-one-out split by time; training windows of
+  ``max_len + 1`` items from each user's training sequence, every position predicting its next
+  item (causal models), in a fresh random order every epoch.
+* **Loss**: the model's ``losses`` with the task's softmax — full cross-entropy over every item,
+  or sampled softmax with logQ correction (``model.params.loss: sampled``).
+* **Evaluation**: leave-one-out, full ranking over all items. Validation scores each user from
+  the training history; at test time the validation item joins the history. With
+  ``eval.mask_history`` (default) the history's items are masked, as in the S3-Rec all-rank
+  tables REFERENCE.md cites. Users without a held-out item (fewer than 3 interactions) are
+  excluded and counted.
+* **Ranks**: data parallel — every rank holds the model, trains on its contiguous slice of each
+  global batch (the same global order on every rank), and the trainer averages gradients; users
+  are split over ranks for evaluation and export.
+* **Export**: item rows of the table, and user states from each user's whole history.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from recalign.config import Config
+from recalign.data.sequences import SequenceBatch, SequenceData, histories_batch, window_batch
+from recalign.errors import ConfigError
+from recalign.eval.metrics import get_protocol
+from recalign.models.item_softmax import (NegativeSampler, full_softmax_loss,
+                                          sampled_softmax_loss)
+from recalign.tables.optim import TableOptimizerSpec
+from recalign.train.evaluation import eval_users, ranking_metrics
+from recalign.train.optimizers import Optimizers
+from recalign.train.tasks.base import Task
+
+
+def model_params(cfg: Config) -> Any:
+    from recalign.models.registry import get_backbone
+
+    cls = get_backbone(cfg.model.backbone)
+    base = dict(cls.PRESETS.get(cfg.model.preset, {})) if cfg.model.preset else {}
+    return cls.Params(**{**base, **cfg.model.params})
+
+
+class NextItemTask(Task):
+    name = "next-item"
+    defaults = {"train": {"batch_size": 256, "eval_every": 1, "patience": 10, "min_epochs": 0,
+                          "max_epochs": 300},
+                "eval": {"protocol": "loo"}}
+
+    @property
+    def units(self) -> str:
+        return "sequences"
+
+    # ------------------------------------------------------------------ driver side
+    @classmethod
+    def prepare(cls, cfg: Config, ds: Any) -> SequenceData:
+        return ds if isinstance(ds, SequenceData) else SequenceData.from_dataset(ds)
+
+    @classmethod
+    def meta(cls, cfg: Config, data: SequenceData) -> dict[str, Any]:
+        p = model_params(cfg)
+        return {"task": cls.name, "backbone": cfg.model.backbone, "dim": p.dim,
+                "max_len": p.max_len, "n_users": data.n_users, "n_items": data.n_items}
+
+    @classmethod
+    def check(cls, cfg: Config, data: SequenceData) -> None:
+        if cfg.eval.protocol != "loo":
+            raise ConfigError(f"eval.protocol {cfg.eval.protocol!r}: model.backbone "
+                              f"{cfg.model.backbone} is a sequential model, evaluated "
+                              "leave-one-out (eval.protocol: loo, data.split.method: loo)")
+        if cfg.align.method != "none":
+            raise ConfigError(f"align.method {cfg.align.method}: alignments apply to CF "
+                              f"backbones, not to the sequential model {cfg.model.backbone}")
+        if cfg.train.propagation.mode != "full" or cfg.train.warm_start:
+            raise ConfigError("train.propagation and train.warm_start apply to CF backbones, "
+                              f"not to the sequential model {cfg.model.backbone}")
+        if (data.valid < 0).all():
+            raise ConfigError("no user has a validation item: the next-item task needs a "
+                              "leave-one-out split by time (data.split.method: loo) and users "
+                              "with at least 3 interactions")
+        if not (data.train_lengths() >= 2).any():
+            raise ConfigError("no user has 2 training items: nothing to learn a next item from")
+
+    # ------------------------------------------------------------------ worker side
+    def build(self) -> Optimizers:
+        from recalign.models.registry import get_backbone
+
+        cfg, d = self.cfg, self.d
+        self.data: SequenceData = self.inp.data
+        self.p = p = model_params(cfg)
+        self.model = get_backbone(cfg.model.backbone).build(self.data.n_items, p).to(d.device)
+        self.windows = self.data.training_windows(p.max_len)
+        self.sampler = None
+        if p.loss == "sampled":
+            counts = np.bincount(self.data.items, minlength=self.data.n_items)
+            self.sampler = NegativeSampler(self.data.n_items, p.negative_sampler, counts)
+            # negatives drawn on the CPU from their own seeded stream (same on every rank)
+            self.neg_gen = torch.Generator().manual_seed(cfg.train.seed + 17)
+        from recalign.align.precision import resolve_bf16
+
+        self.bf16 = resolve_bf16(p.bf16, d.device)
+        self.proto = get_protocol(cfg.eval.protocol)
+        self.truncated: dict[str, int] = {}
+        spec = TableOptimizerSpec(**cfg.train.optimizer.model_dump())
+        return Optimizers(self.model.parameters(), spec.model_copy(update={"kernel": "dense"}))
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.model]
+
+    def batches(self) -> Iterator[SequenceBatch]:
+        t, d = self.cfg.train, self.d
+        users, ends = self.windows
+        order = self.rng.permutation(users.size)
+        bs = t.batch_size
+        for step, s in enumerate(range(0, order.size, bs)):
+            if t.steps_per_epoch is not None and step >= t.steps_per_epoch:
+                break
+            idx = order[s:s + bs]
+            n = idx.size
+            if n < d.world:
+                continue
+            mine = idx[n * d.rank // d.world:n * (d.rank + 1) // d.world]
+            b = window_batch(self.data, users[mine], ends[mine], self.p.max_len)
+            b.global_size = n
+            if d.distributed:  # every rank knows the global batch: no collective needed
+                tgt = self.data.window_targets(ends[idx], self.p.max_len)
+                b.loss_scale = d.world * float(tgt[n * d.rank // d.world:
+                                                   n * (d.rank + 1) // d.world].sum()) / tgt.sum()
+            yield b.to(d.device)
+
+    def _loss_fn(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        items = self.model.item_weights()
+        if self.sampler is None:
+            return full_softmax_loss(hidden, targets, items, self.bf16)
+        neg = self.sampler.sample(self.p.negatives, self.neg_gen).to(hidden.device)
+        return sampled_softmax_loss(hidden, targets, items, neg, self.sampler.log_q)
+
+    def loss(self, batch: SequenceBatch) -> dict[str, torch.Tensor]:
+        out = self.model.losses(batch, self._loss_fn)
+        if batch.loss_scale != 1.0:
+            out = {k: v * batch.loss_scale for k, v in out.items()}
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def _user_states(self, users: np.ndarray, upto: str) -> torch.Tensor:
+        seqs, trunc = histories_batch(self.data, users, upto, self.p.max_len)
+        self.truncated[upto] = self.truncated.get(upto, 0) + trunc
+        return self.model.user_repr(seqs.to(self.d.device))
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        ev, data = self.cfg.eval, self.data
+        self.model.eval()
+        heldout = data.heldout(split)
+        exclude = data.history_matrix(split) if ev.mask_history else None
+        items = self.model.item_weights().detach()
+        self.truncated[split] = 0
+
+        def score(ids: torch.Tensor) -> torch.Tensor:
+            return self._user_states(ids.numpy(), split) @ items.T
+
+        users = eval_users(heldout, ev.max_users, self.cfg.train.seed, self.d)
+        out = ranking_metrics(score, heldout, exclude, users, self.proto, ev.chunk_size, self.d)
+        self.model.train()
+        return out
+
+    # ------------------------------------------------------------------ state
+    def sharded_state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict()}
+
+    def load_sharded_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+
+    def rank_state(self) -> dict[str, Any]:
+        return {"neg_gen": self.neg_gen.get_state() if self.sampler is not None else None}
+
+    def load_rank_state(self, state: dict[str, Any]) -> None:
+        if self.sampler is not None and state.get("neg_gen") is not None:
+            self.neg_gen.set_state(state["neg_gen"])
+
+    def weights_state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict()}
+
+    def load_weights_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+
+    # ------------------------------------------------------------------ export
+    @torch.no_grad()
+    def export(self) -> dict[str, Any]:
+        from recalign.train.export import owned_ranges, write_rows
+
+        d, inp, data = self.d, self.inp, self.data
+        self.model.eval()
+        ranges = owned_ranges([], {"user": data.n_users, "item": data.n_items}, d.rank, d.world,
+                              set())
+        writer = inp.export.writer(d.rank)  # type: ignore[union-attr]
+        items = self.model.item_weights().detach()
+        chunk = 4096
+        for lo, hi in ranges["user"]:
+            for s in range(lo, hi, chunk):
+                e = min(hi, s + chunk)
+                write_rows(writer, "user", s, self._user_states(np.arange(s, e), "all"),
+                           inp.user_keys)
+        for lo, hi in ranges["item"]:
+            write_rows(writer, "item", lo, items[lo:hi], inp.item_keys)
+        return writer.parts_written()
+
+    def export_extra(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {"model": {"backbone": cfg.model.backbone, "preset": cfg.model.preset,
+                          "params": self.p.model_dump()}, "dim": self.p.dim}
+
+    def summary(self) -> dict[str, Any]:
+        lens = self.data.train_lengths()
+        return {"model": {"backbone": self.cfg.model.backbone, "params": self.p.model_dump()},
+                "precision": "bf16" if self.bf16 else "fp32",
+                "training_windows": int(self.windows[0].size),
+                "users_without_heldout": int((self.data.test < 0).sum()),
+                "histories_truncated": dict(self.truncated),
+                "train_sequence_length": {"mean": round(float(lens.mean()), 2),
+                                          "max": int(lens.max())}}

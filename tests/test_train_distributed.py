@@ -149,3 +149,34 @@ def test_darec_on_ray_train_shares_centres_across_workers(tmp_path: Path, ray_lo
         epoch = int(ck.name.split("-")[-1])
         one_worker = n_sample * sum(decay ** j for j in range(epoch * steps))
         assert a["km_c.counts"].sum().item() == pytest.approx(2 * one_worker, rel=1e-4)
+
+
+def test_use_gpu_on_a_cluster_without_gpus_is_refused(tmp_path: Path, ray_local) -> None:
+    from recalign.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.use_gpu: the Ray cluster has no GPU"):
+        _run(tmp_path, "train.workers=2", "train.use_gpu=true", "train.max_epochs=1")
+
+
+def test_one_worker_on_a_cluster_trains_in_a_ray_train_worker(tmp_path: Path, ray_local,
+                                                             monkeypatch) -> None:
+    """Attached to a cluster (RAY_ADDRESS), even train.workers 1 runs in a Ray Train worker
+    (it writes its pid file), with the CPUs it reserves and torch threads following them."""
+    from recalign.jobs import train as job
+    from recalign.operators.train_worker import worker_resources
+
+    cfg = load_config(None, [*BASE, f"output.root={tmp_path}",
+                             "train.resources_per_worker={CPU: 2, memory: 1000000}"])
+    assert job.in_driver(cfg)
+    assert worker_resources(cfg) == {"CPU": 2.0, "memory": 1000000}
+    assert job.worker_threads(cfg).train.threads == 2
+    assert job.worker_threads(load_config(None, [*BASE, "train.threads=1"])).train.threads == 1
+    gpu = load_config(None, [*BASE, "train.use_gpu=true"])
+    assert worker_resources(gpu) == {"CPU": 1.0, "GPU": 1.0}
+    import ray
+
+    monkeypatch.setenv("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    assert not job.in_driver(cfg)
+    out = _run(tmp_path, "train.max_epochs=2", "train.run_name=cluster1")
+    assert out["workers"] == 1 and out["epochs"] == 2
+    assert (Path(out["run_dir"]) / "workers" / "rank-0.pid").exists()

@@ -5,7 +5,7 @@ worker, callable from benchmarks and tests (the same trainer, no second loop).
 e.g. :class:`~recalign.train.data.CFData`), applies the task's defaults, checks the input,
 runs :class:`~recalign.train.trainer.Trainer` on the resolved device and returns the summary
 with the per-epoch ``"history"``; ``keep_model=True`` adds the trained task under ``"task"``
-(its model, tables, alignment).
+(its model, tables, alignment). Without ``run_dir`` the run folder is temporary and removed.
 """
 
 from __future__ import annotations
@@ -31,9 +31,17 @@ def train(cfg: Config, data: Any, *, run_dir: str | None = None, hooks: Hooks | 
           item_keys: pa.Array | None = None, semantic: Any = None) -> dict[str, Any]:
     trainer = make_trainer(cfg, data, run_dir=run_dir, hooks=hooks, user_keys=user_keys,
                            item_keys=item_keys, semantic=semantic)
-    out = trainer.run()
+    try:
+        out = trainer.run()
+    finally:
+        if run_dir is None:  # a temporary run folder (best weights, curves): not kept
+            import shutil
+
+            shutil.rmtree(trainer.inp.run_dir, ignore_errors=True)
     assert out is not None
     out["history"] = trainer.history
+    if run_dir is None:
+        out["run_dir"] = None
     if keep_model:
         out["task"] = trainer.task
     return out

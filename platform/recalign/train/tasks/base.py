@@ -37,15 +37,20 @@ class Task(abc.ABC):
     defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     #: device types the task's models run on
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    #: the prepared data's type: built by its ``from_dataset(Dataset)``
+    data_type: ClassVar[type]
+    #: what one training example is, for the throughput figure (``pairs``, ``sequences``)
+    units: ClassVar[str] = "examples"
 
     def __init__(self, cfg: Config, inp: "RunInputs", d: Dist, rng: np.random.Generator) -> None:
         self.cfg, self.inp, self.d, self.rng = cfg, inp, d, rng
 
     # ------------------------------------------------------------------ driver side
     @classmethod
-    @abc.abstractmethod
     def prepare(cls, cfg: Config, ds: Any) -> Any:
-        """The task's data from a :class:`~recalign.data.dataset.Dataset` (picklable)."""
+        """The task's data from a :class:`~recalign.data.dataset.Dataset` (picklable); data
+        already of the task's type passes through."""
+        return ds if isinstance(ds, cls.data_type) else cls.data_type.from_dataset(ds)
 
     @classmethod
     def check(cls, cfg: Config, data: Any) -> None:
@@ -111,11 +116,6 @@ class Task(abc.ABC):
     def summary(self) -> dict[str, Any]:
         """Task-specific fields of the run summary."""
         return {}
-
-    @property
-    def units(self) -> str:
-        """What one training example is, for the throughput figure (``pairs``, ``sequences``)."""
-        return "examples"
 
 
 _TASKS = {"pairwise": "recalign.train.tasks.pairwise:PairwiseTask",

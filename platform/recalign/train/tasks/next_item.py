@@ -48,16 +48,10 @@ class NextItemTask(Task):
     defaults = {"train": {"batch_size": 256, "eval_every": 1, "patience": 10, "min_epochs": 0,
                           "max_epochs": 300},
                 "eval": {"protocol": "loo"}}
-
-    @property
-    def units(self) -> str:
-        return "sequences"
+    data_type = SequenceData
+    units = "sequences"
 
     # ------------------------------------------------------------------ driver side
-    @classmethod
-    def prepare(cls, cfg: Config, ds: Any) -> SequenceData:
-        return ds if isinstance(ds, SequenceData) else SequenceData.from_dataset(ds)
-
     @classmethod
     def meta(cls, cfg: Config, data: SequenceData) -> dict[str, Any]:
         p = model_params(cfg)

@@ -61,16 +61,10 @@ class PairwiseTask(Task):
     name = "pairwise"
     # the graph backbones keep their adjacency and samplers on the CPU in this version
     devices = ("cpu",)
-
-    @property
-    def units(self) -> str:
-        return "pairs"
+    data_type = CFData
+    units = "pairs"
 
     # ------------------------------------------------------------------ driver side
-    @classmethod
-    def prepare(cls, cfg: Config, ds: Any) -> CFData:
-        return ds if isinstance(ds, CFData) else CFData.from_dataset(ds)
-
     @classmethod
     def meta(cls, cfg: Config, data: CFData) -> dict[str, Any]:
         p = backbone_params(cfg)

@@ -1,0 +1,72 @@
+"""Pieces of the trainer on their own: seeded table rows, device resolution, early stopping,
+and a checkpoint of another task refused."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from recalign.errors import ConfigError
+from recalign.tables.seeded_init import BLOCK, seeded_rows
+from recalign.train.placement import resolve_device
+from recalign.train.stopping import EarlyStopping
+
+
+def test_seeded_rows_do_not_depend_on_the_range_asked_for() -> None:
+    full = seeded_rows("item", 0, 2 * BLOCK + 17, 6, -0.5, 0.5, seed=11)
+    for lo, hi in [(0, 1), (BLOCK - 2, BLOCK + 3), (7, 2 * BLOCK + 17), (2 * BLOCK, 2 * BLOCK + 1)]:
+        assert torch.equal(seeded_rows("item", lo, hi, 6, -0.5, 0.5, seed=11), full[lo:hi])
+    assert torch.equal(seeded_rows("item", 3, 9, 6, -0.5, 0.5, seed=11, cols=(2, 5)),
+                       full[3:9, 2:5])
+    assert -0.5 <= float(full.min()) and float(full.max()) < 0.5
+    assert abs(float(full.mean())) < 0.01 and abs(float(full.std()) - 1 / math.sqrt(12)) < 0.01
+    # another seed or table gives other rows
+    assert not torch.equal(seeded_rows("item", 0, 5, 6, -0.5, 0.5, seed=12), full[:5])
+    assert not torch.equal(seeded_rows("user", 0, 5, 6, -0.5, 0.5, seed=11), full[:5])
+    assert seeded_rows("item", 4, 4, 6, -0.5, 0.5, seed=11).shape == (0, 6)
+
+
+def test_device_resolution_names_the_key() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto", ("cpu",)) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="train.device 'cuda'.*cpu in this version"):
+        resolve_device("cuda", ("cpu",))
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(ConfigError, match="no CUDA device is visible"):
+            resolve_device("cuda:1")
+    else:
+        with pytest.raises(ConfigError, match="CUDA devices are visible"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_early_stopping_counts_patience_and_respects_the_floor() -> None:
+    s = EarlyStopping(patience=2, min_epochs=6)
+    assert s.update(0.1, 0, {"m": 0.1}) and not s.should_stop(0)
+    assert not s.update(0.1, 1, {"m": 0.1})  # equal is no improvement
+    assert not s.update(0.05, 2, {"m": 0.05})
+    assert s.bad == 2 and not s.should_stop(2)  # patience spent, floor not reached
+    assert s.should_stop(5)
+    state = s.state_dict()
+    t = EarlyStopping(patience=9)
+    t.load_state_dict(state)
+    assert (t.best, t.best_epoch, t.bad, t.evals, t.best_metrics) == (0.1, 0, 2, 3, {"m": 0.1})
+
+
+def test_a_checkpoint_of_another_task_is_refused(tmp_path) -> None:
+    """The same run name resumed with a sequential model where a CF model trained."""
+    from recalign.config import load_config
+    from recalign.jobs import train as train_job
+
+    seq = tmp_path / "seq.txt"
+    seq.write_text("".join(f"U{u} " + " ".join(f"I{(u + k) % 12}" for k in range(6)) + "\n"
+                           for u in range(40)))
+    base = ["data.source=amazon-sequences", f"data.path={seq}", "data.split.method=loo",
+            f"output.root={tmp_path}", "train.max_epochs=1", "train.run_name=r",
+            "eval.protocol=loo"]
+    train_job.run(load_config(None, [*base, "model.params={dim: 8, layers: 1}"]), None)
+    with pytest.raises(ConfigError, match="does not match this config.*task"):
+        train_job.run(load_config(None, [*base, "model.backbone=sasrec", "train.resume=true"]),
+                      None)

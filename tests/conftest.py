@@ -9,6 +9,14 @@ pytest_plugins = ["s3_server", "llm_fixtures"]
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+#: ``@pytest.mark.parametrize("device", DEVICES)``: every such test runs on the CPU, and again
+#: on CUDA where a GPU is visible (marker ``gpu``; ``pytest -m gpu`` runs only those)
+DEVICES = ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not __import__("torch").cuda.is_available(),
+                                        reason="no CUDA device visible: the gpu variant runs "
+                                        "on a machine with one")])]
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real public data sets (``../shared/data`` from the project root); skip if absent."""

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import DEVICES
 from gloo_ranks import spawn_ranks
 from recalign.config import Config, load_config
 from recalign.data.sequences import SequenceData, left_pad, window_batch
@@ -51,7 +52,7 @@ def markov_sequences(n_users: int, n_items: int, length: int, seed: int,
 def seq_config(**train_settings) -> Config:
     return Config.model_validate({
         "model": {"backbone": "sasrec", "params": {"dim": 32, "inner": 64}},
-        "train": {"max_epochs": 8, "threads": 1, "seed": 3, **train_settings}})
+        "train": {"max_epochs": 8, "threads": 1, "seed": 3, "device": "cpu", **train_settings}})
 
 
 # ------------------------------------------------------------------ data
@@ -146,24 +147,27 @@ def _brute_force_hr10(model: SASRec, data: SequenceData, reverse: bool = False) 
     masked, the rank of the test item among all items."""
     model.eval()
     hits = []
-    items = model.item_weights().detach()
+    items = model.item_weights().detach().cpu()
     with torch.no_grad():
         for u in range(data.n_users):
             h = data.history(u, "test")
             seq = torch.from_numpy((h[::-1] if reverse else h).copy() + 1).unsqueeze(0)
-            s = (model.user_repr(seq) @ items.T)[0]
+            dev = next(model.parameters()).device
+            s = (model.user_repr(seq.to(dev)).cpu() @ items.T)[0]
             s[torch.from_numpy(h)] = -math.inf
             rank = int((s > s[data.test[u]]).sum())
             hits.append(rank < 10)
     return float(np.mean(hits))
 
 
-def test_sasrec_learns_order_and_evaluation_matches_brute_force() -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_sasrec_learns_order_and_evaluation_matches_brute_force(device: str) -> None:
     """Walks i -> i+1: the next item follows the last one, so SASRec ranks it near the top,
     while popularity (near uniform here) cannot; the trainer's HR@10 equals a user-by-user
     computation, and the model reads the order: the same histories reversed lose most of it."""
     data = markov_sequences(300, 40, 12, seed=0)
-    res = train(seq_config(), data, keep_model=True)
+    res = train(seq_config(device=device), data, keep_model=True)
+    assert res["device"].startswith(device)
     pop = np.bincount(data.items, minlength=40)
     pop_hr10 = float(np.mean([t in np.argsort(-pop, kind="stable")[:10] for t in data.test]))
     assert res["test"]["hr@10"] > 0.75 > pop_hr10 + 0.4, (res["test"], pop_hr10)
@@ -217,16 +221,20 @@ def test_two_ranks_follow_the_one_rank_loss_curve(tmp_path: Path) -> None:
     assert two["workers"] == 2 and two["sequences_trained"] == one["sequences_trained"]
 
 
-def test_resume_from_a_checkpoint_reproduces_the_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_resume_from_a_checkpoint_reproduces_the_run(tmp_path: Path, device: str) -> None:
+    """Interrupted after 2 epochs and resumed: the same losses and metrics (the torch RNG —
+    on CUDA the device's too — is part of the checkpoint, so dropout masks continue)."""
     from recalign.train.checkpoint import FolderCheckpoints
     from recalign.train.trainer import Hooks
 
     data = markov_sequences(150, 30, 10, seed=2)
-    straight = train(seq_config(max_epochs=4), data)
+    straight = train(seq_config(max_epochs=4, device=device), data)
     store = FolderCheckpoints(str(tmp_path / "run"))
     save = lambda local, epoch, metrics: store.save(local, epoch)  # noqa: E731
-    train(seq_config(max_epochs=2), data, hooks=Hooks(save=save))
-    resumed = train(seq_config(max_epochs=4), data, hooks=Hooks(load=store.latest, save=save))
+    train(seq_config(max_epochs=2, device=device), data, hooks=Hooks(save=save))
+    resumed = train(seq_config(max_epochs=4, device=device), data,
+                    hooks=Hooks(load=store.latest, save=save))
     assert resumed["resumed_from_epoch"] == 2
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
     assert resumed["test"] == straight["test"]

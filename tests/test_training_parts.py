@@ -70,3 +70,18 @@ def test_a_checkpoint_of_another_task_is_refused(tmp_path) -> None:
     with pytest.raises(ConfigError, match="does not match this config.*task"):
         train_job.run(load_config(None, [*base, "model.backbone=sasrec", "train.resume=true"]),
                       None)
+
+
+def test_resuming_with_another_number_of_workers_is_a_clear_error(tmp_path) -> None:
+    """The sharded state of 1 worker is not resharded onto 2: refused before anything starts,
+    naming both worker counts."""
+    from recalign.config import load_config
+    from recalign.jobs import train as train_job
+
+    base = ["data.source=synthetic", "data.synthetic.users=60", "data.synthetic.items=40",
+            "data.synthetic.interactions=900", f"output.root={tmp_path}", "train.max_epochs=1",
+            "train.run_name=w", "model.params={dim: 8, layers: 1}",
+            "train.optimizer={name: rowwise_adagrad, lr: 0.05}"]
+    train_job.run(load_config(None, base), None)
+    with pytest.raises(ConfigError, match="workers: checkpoint 1 vs config 2"):
+        train_job.run(load_config(None, [*base, "train.workers=2", "train.resume=true"]), None)

@@ -15,6 +15,7 @@ still uses the task's ``loss_fn`` (full or sampled softmax), so no model owns a 
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Callable, ClassVar, Literal
 
 import torch
@@ -43,7 +44,7 @@ class SequentialParams(BaseModel):
                                          "where bf16 is native (auto: CUDA, AVX512-BF16/AMX CPUs)")
 
 
-class SequentialModel(nn.Module):
+class SequentialModel(nn.Module, abc.ABC):
     task: ClassVar[str] = "next-item"
     name: ClassVar[str] = ""
     needs_semantic: ClassVar[bool] = False
@@ -65,8 +66,9 @@ class SequentialModel(nn.Module):
     def item_weights(self) -> torch.Tensor:
         return self.items.weight[1:]
 
+    @abc.abstractmethod
     def hidden(self, inputs: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """A state per position, ``[B, L, d]`` (position t has seen items <= t)."""
 
     def user_repr(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.hidden(inputs)[:, -1]

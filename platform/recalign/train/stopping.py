@@ -1,7 +1,7 @@
 """Early stopping on the protocol's selection metric, as plain state a checkpoint carries.
 
 A strictly better validation value resets patience and marks the epoch best (the trainer then
-captures the weights); ``patience`` validations in a row without improvement stop the run, but
+saves the weights); ``patience`` validations in a row without improvement stop the run, but
 never before ``min_epochs`` epochs (an early peak — a model that first fits popularity — would
 otherwise end a slower-starting run; docs/results.md).
 """

@@ -92,7 +92,12 @@ def test_windows_predict_every_training_target_once() -> None:
     assert b.targets.tolist() == [[8, 9, 10, 11, 12], [3, 4, 5, 6, 7], [0, 0, 0, 0, 2]]
     targets = b.targets[b.targets > 0] - 1
     assert sorted(targets.tolist()) == list(range(1, 12))  # every item but the first, once
-    assert sd.window_targets(ends, 5).tolist() == [5, 5, 1]
+    # prefixes: one sample per target, the last position the only target
+    users, ends = sd.training_prefixes()
+    assert ends.tolist() == list(range(2, 13))
+    p = window_batch(sd, users[[0, 10]], ends[[0, 10]], 5, last_only=True)
+    assert p.last_only and p.inputs.tolist() == [[0, 0, 0, 0, 1], [7, 8, 9, 10, 11]]
+    assert p.targets.tolist() == [[0, 0, 0, 0, 2], [0, 0, 0, 0, 12]]
     # histories keep their end and are trimmed to the longest kept
     assert left_pad([np.array([4, 5]), np.arange(9)], 6).tolist() == [
         [0, 0, 0, 0, 5, 6], [4, 5, 6, 7, 8, 9]]
@@ -178,6 +183,8 @@ def test_sasrec_learns_order_and_evaluation_matches_brute_force(device: str) -> 
     assert set(res["test"]) >= {"hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20"}
     # every training window of every epoch counted once
     assert res["sequences_trained"] == res["epochs"] * data.training_windows(50)[0].size
+    assert res["training_samples"] == {"kind": "windows",
+                                       "count": data.training_windows(50)[0].size}
 
 
 def test_sampled_softmax_trains_too() -> None:

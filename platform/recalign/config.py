@@ -46,6 +46,16 @@ class SyntheticConfig(Section):
     noise: float = Field(0.1, ge=0.0, le=1.0)
     chunk_users: int = Field(50_000, ge=1, description="users generated per streamed chunk")
     seed: int = 7
+    order: Literal["none", "transitions"] = Field(
+        "none", description="order signal in each user's time-ordered interactions: none (each "
+        "item drawn from the user's taste regardless of the previous one; the output of earlier "
+        "versions, bit for bit) or transitions (runs along a fixed per-topic ring of items: "
+        "after an item the next one is its ring successor with probability order_strength, "
+        "unless the user already has it)")
+    order_strength: float = Field(
+        0.8, ge=0.0, le=1.0, description="order: transitions only: probability that a run "
+        "continues to the previous item's ring successor instead of a fresh draw from the "
+        "user's taste (0: the order: none output)")
 
 
 class DataConfig(Section):
@@ -68,12 +78,18 @@ class DataConfig(Section):
                        "interactions (0: off)")
     split: SplitConfig = SplitConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
+    item_attributes: str | None = Field(
+        None, description="JSON file mapping item key -> list of attribute ids (as "
+        "Beauty_item2attributes.json), for attribute-aware sequential models (FDSA); default: "
+        "the items table's attributes")
 
-    @field_validator("path")
+    @field_validator("path", "item_attributes")
     @classmethod
     def _path_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
         # checked per field so that it is reported together with any other key's error
         source = info.data.get("source")
+        if v and info.field_name == "item_attributes":
+            source = "item_attributes"
         if v and source != "snapshot" and "://" not in v:
             p = Path(v).expanduser()
             if not p.exists():
@@ -92,7 +108,8 @@ class DataConfig(Section):
             return self.name
         if self.source == "synthetic":
             s = self.synthetic
-            return f"synthetic-u{s.users}-i{s.items}-n{s.interactions}-s{s.seed}"
+            order = f"-{s.order}{s.order_strength:g}" if s.order != "none" else ""
+            return f"synthetic-u{s.users}-i{s.items}-n{s.interactions}-s{s.seed}{order}"
         stem = Path(str(self.path).rstrip("/")).name or self.source
         return f"{self.source}-{stem}".lower()
 

@@ -45,7 +45,12 @@ class IngestState:
 
 def input_fingerprint(cfg: DataConfig) -> str:
     """Hash of the data config and of every input file's content (sorted by relative path)."""
-    h = hashlib.sha256(cfg.model_dump_json().encode())
+    # keys that do not change the ingested data stay out, and new keys at their defaults too,
+    # so that adding a setting does not re-ingest every existing snapshot
+    exclude: dict = {"item_attributes": True}
+    if cfg.synthetic.order == "none":
+        exclude["synthetic"] = {"order", "order_strength"}
+    h = hashlib.sha256(cfg.model_dump_json(exclude=exclude).encode())
     if cfg.source == "synthetic":
         return h.hexdigest()[:16]
     root = Path(cfg.path)

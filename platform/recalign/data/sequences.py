@@ -15,7 +15,7 @@ that overlap by one item, so that every training target is predicted exactly onc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ class SequenceData:
     valid: np.ndarray       # [n_users] validation item or -1
     test: np.ndarray        # [n_users] test item or -1
     n_items: int
+    attributes: Any = None  # ItemAttributes, for attribute-aware models (FDSA)
 
     @property
     def n_users(self) -> int:
@@ -110,10 +111,6 @@ class SequenceData:
         m.data[:] = 1.0
         return m
 
-    def window_targets(self, ends: np.ndarray, max_len: int) -> np.ndarray:
-        """Number of target positions of each window ending at ``ends``."""
-        return np.minimum(ends, max_len + 1) - 1
-
     def training_windows(self, max_len: int) -> tuple[np.ndarray, np.ndarray]:
         """(user, end) of every training window: items ``[end - max_len - 1, end)`` of the
         user's training sequence (clipped at its start); windows from the end of each sequence,
@@ -124,6 +121,28 @@ class SequenceData:
         k = np.arange(users.size) - np.repeat(np.cumsum(n_win) - n_win, n_win)
         ends = lens[users] - k * max_len
         return users, ends
+
+    def training_prefixes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(user, end) of every training prefix: items ``[0, end)`` of the user's training
+        sequence, ``end >= 2``, the last item the target (RecBole's sequence augmentation: each
+        target one sample, as models with a per-sequence objective need)."""
+        lens = self.train_lengths()
+        n = np.maximum(lens - 1, 0)
+        users = np.repeat(np.arange(self.n_users), n)
+        ends = np.arange(users.size) - np.repeat(np.cumsum(n) - n, n) + 2
+        return users, ends
+
+    def sample_targets(self, users: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Dataset id of the last item (the final target) of each sample."""
+        return self.items[self.indptr[users] + ends - 1]
+
+    def sample_items(self, users: np.ndarray, ends: np.ndarray, max_len: int
+                     ) -> list[np.ndarray]:
+        """Each sample's last ``max_len + 1`` items as model ids, the final target included."""
+        starts = self.indptr[users]
+        lo = starts + np.maximum(0, ends - max_len - 1)
+        hi = starts + ends
+        return [self.items[a:b] + 1 for a, b in zip(lo, hi)]
 
 
 def left_pad(seqs: list[np.ndarray], max_len: int) -> np.ndarray:
@@ -152,6 +171,11 @@ class SequenceBatch:
     targets: torch.Tensor
     global_size: int = 0
     loss_scale: float = 1.0
+    #: model-specific inputs drawn with the batch (augmented views, masks; see
+    #: ``SequentialModel.make_views``)
+    views: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: prefix samples: only the last position has a target
+    last_only: bool = False
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
@@ -159,13 +183,16 @@ class SequenceBatch:
     def to(self, device: torch.device) -> "SequenceBatch":
         return SequenceBatch(self.inputs.to(device, non_blocking=True),
                              self.targets.to(device, non_blocking=True), self.global_size,
-                             self.loss_scale)
+                             self.loss_scale,
+                             {k: v.to(device, non_blocking=True) for k, v in self.views.items()},
+                             self.last_only)
 
 
 def window_batch(data: SequenceData, users: np.ndarray, ends: np.ndarray,
-                 max_len: int) -> SequenceBatch:
+                 max_len: int, last_only: bool = False) -> SequenceBatch:
     """Input/target windows: inputs are items ``[e-L-1, e-1)``, targets ``[e-L, e)``, trimmed
-    to the batch's longest window (see :func:`left_pad`)."""
+    to the batch's longest window (see :func:`left_pad`); ``last_only`` (prefix samples) keeps
+    the last target of each row only."""
     b = users.size
     starts = data.indptr[users]
     lo = starts + np.maximum(0, ends - max_len - 1)
@@ -178,7 +205,36 @@ def window_batch(data: SequenceData, users: np.ndarray, ends: np.ndarray,
         n = s.size - 1
         inputs[r, w - n:] = s[:-1] + 1
         targets[r, w - n:] = s[1:] + 1
-    return SequenceBatch(torch.from_numpy(inputs), torch.from_numpy(targets))
+    if last_only:
+        targets[:, :-1] = 0
+    return SequenceBatch(torch.from_numpy(inputs), torch.from_numpy(targets),
+                         last_only=last_only)
+
+
+class SameTarget:
+    """For each training sample, another sample with the same final target (DuoRec's
+    supervised positive): samples grouped by target once; a draw picks uniformly among the
+    group's other members (the sample itself when it is alone)."""
+
+    def __init__(self, data: SequenceData, users: np.ndarray, ends: np.ndarray) -> None:
+        self.users, self.ends = users, ends
+        tgt = data.sample_targets(users, ends)
+        self.order = np.argsort(tgt, kind="stable")
+        counts = np.bincount(tgt, minlength=data.n_items)
+        self.group_start = np.concatenate([[0], np.cumsum(counts)])[tgt]
+        self.group_size = counts[tgt]
+        # position of each sample inside its group, to skip itself
+        self.slot = np.empty(users.size, dtype=np.int64)
+        self.slot[self.order] = np.arange(users.size) - np.repeat(
+            np.concatenate([[0], np.cumsum(counts)])[:-1], counts)
+
+    def pick(self, sample: int, rng: np.random.Generator) -> int:
+        n = int(self.group_size[sample])
+        if n == 1:
+            return sample
+        k = int(rng.integers(n - 1))
+        k += k >= self.slot[sample]
+        return int(self.order[self.group_start[sample] + k])
 
 
 def histories_batch(data: SequenceData, users: np.ndarray, upto: str,
@@ -189,5 +245,5 @@ def histories_batch(data: SequenceData, users: np.ndarray, upto: str,
     return torch.from_numpy(left_pad(hs, max_len)), int(truncated)
 
 
-__all__ = ["PAD", "SequenceBatch", "SequenceData", "histories_batch", "left_pad",
-           "window_batch"]
+__all__ = ["PAD", "SameTarget", "SequenceBatch", "SequenceData", "histories_batch",
+           "left_pad", "window_batch"]

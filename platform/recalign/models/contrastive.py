@@ -21,6 +21,7 @@ backbone never carries its own copy. Conventions follow the RLMRec/SSLRec refere
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
@@ -215,3 +216,24 @@ def batch_view_info_nce(view1: tuple[torch.Tensor, torch.Tensor],
 
 
 __all__ += ["batch_view_info_nce"]
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 1.0,
+            similarity: str = "dot") -> torch.Tensor:
+    """Mean NT-Xent over the 2B rows of two views ``[B, d]`` (SimCLR; CL4SRec and DuoRec's
+    ``info_nce``): row ``i`` of one view is positive for row ``i`` of the other, the other
+    2B - 2 rows of both views are its negatives; ``similarity`` ``dot`` (their setting) or
+    ``cos``."""
+    z = torch.cat([z1, z2])
+    if similarity == "cos":
+        z = _unit(z)
+    elif similarity != "dot":
+        raise ValueError(f"similarity {similarity!r}: expected dot or cos")
+    logits = (z @ z.T) / temperature
+    n = z1.shape[0]
+    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), -math.inf)
+    target = torch.arange(2 * n, device=z.device).roll(n)
+    return F.cross_entropy(logits, target)
+
+
+__all__ += ["nt_xent"]

@@ -19,6 +19,12 @@ BACKBONES: Registry[type[Backbone]] = Registry("backbone", {
     "autocf": "recalign.models.autocf",
     "semantic-only": "recalign.models.semantic_only",
     "sasrec": "recalign.models.sasrec",
+    "gru4rec": "recalign.models.gru4rec",
+    "bert4rec": "recalign.models.bert4rec",
+    "fdsa": "recalign.models.fdsa",
+    "cl4srec": "recalign.models.cl4srec",
+    "duorec": "recalign.models.duorec",
+    "srgnn": "recalign.models.srgnn",
 }, key="model.backbone")
 
 B = TypeVar("B", bound=type[Backbone])

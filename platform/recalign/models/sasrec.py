@@ -11,7 +11,7 @@ import torch
 from pydantic import Field
 
 from recalign.models.registry import register_backbone
-from recalign.models.sequential import SequentialModel, SequentialParams
+from recalign.models.sequential import PositionalModel, SequentialParams
 from recalign.models.transformer import SequenceEncoder, init_weights
 
 
@@ -23,11 +23,11 @@ class SASRecParams(SequentialParams):
 
 
 @register_backbone("sasrec")
-class SASRec(SequentialModel):
+class SASRec(PositionalModel):
     Params = SASRecParams
 
-    def __init__(self, n_items: int, params: SASRecParams) -> None:
-        super().__init__(n_items, params)
+    def __init__(self, n_items: int, params: SASRecParams, data: object = None) -> None:
+        super().__init__(n_items, params, data)
         p = params
         self.encoder = SequenceEncoder(p.dim, p.layers, p.heads, p.inner, p.dropout,
                                        p.attn_dropout, p.max_len, causal=True)

@@ -1,29 +1,42 @@
 """The interface of sequential recommenders (the ``next-item`` task's models).
 
-A sequential model holds an item table (model ids: dataset item id + 1, row 0 padding) and
-turns a right-aligned history ``[B, L]`` into hidden states; the task scores hidden states
-against the item table (tied output layer). Three calls, as for CF backbones:
+A sequential model holds an item table (model ids: dataset item id + 1, row 0 padding, then
+any extra tokens such as a mask token) and turns a right-aligned history ``[B, L]`` into the
+state that predicts the next item; the task scores states against the item table (tied output
+layer). The calls, as for CF backbones:
 
-* ``hidden(inputs) -> [B, L, d]`` — a state per position (position t has seen items <= t);
-* ``user_repr(inputs) -> [B, d]`` — the state that predicts the next item (the last position);
-* ``item_weights() -> [n_items, d]`` — the output embedding of every item (rows 1..n).
+* ``user_repr(inputs) -> [B, d]`` — the state that predicts the item after the history;
+* ``item_weights() -> [n_items, d]`` — the output embedding of every item (rows 1..n);
+* ``hidden(inputs) -> [B, L, d]`` — :class:`PositionalModel` only: a state per position
+  (position t has seen items <= t), so that one training window teaches every position.
 
-``losses(batch, loss_fn)`` defaults to every non-padding position of a causal model predicting
-its target; a model with another objective (masked items, contrastive views) overrides it and
-still uses the task's ``loss_fn`` (full or sampled softmax), so no model owns a loss variant.
+Training samples (``params.samples``): ``windows`` — each user's training sequence cut into
+windows of ``max_len + 1`` items, every position predicting its next item (causal models);
+``prefixes`` — every prefix of a training sequence with its next item as one sample (RecBole's
+augmentation), for objectives defined per sequence (contrastive views, session graphs).
+
+``losses(batch, loss_fn)`` returns the recommendation loss through the task's ``loss_fn`` (full
+or sampled softmax), so no model owns a loss variant; a model with more objectives (contrastive
+views) adds weighted terms, and the task sums them into ``loss``. Randomness a model needs beyond dropout (masks, augmented
+views, a same-target sequence) is drawn in :meth:`make_views` on the host with a generator per
+sample, so a run is the same on 1 or N ranks and resumes exactly.
 """
 
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from recalign.errors import ConfigError
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``loss_fn(hidden [N, d], targets [N] model ids) -> scalar``, the task's softmax."""
+"""``loss_fn(states [N, d], targets [N] model ids) -> scalar``, the task's softmax (a mean)."""
 
 
 class SequentialParams(BaseModel):
@@ -32,8 +45,11 @@ class SequentialParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dim: int = Field(64, ge=1, description="hidden size")
-    max_len: int = Field(50, ge=1, description="histories keep their last max_len items")
+    max_len: int = Field(50, ge=2, description="histories keep their last max_len items")
     dropout: float = Field(0.5, ge=0, lt=1, description="hidden dropout")
+    samples: Literal["windows", "prefixes"] = Field(
+        "windows", description="training samples: windows (every position predicts its next "
+        "item) or prefixes (one sample per training target, RecBole's augmentation)")
     loss: str = Field("full", pattern="^(full|sampled)$", description="full softmax over all "
                       "items, or sampled softmax with logQ correction (huge catalogues)")
     negatives: int = Field(1024, ge=1, description="sampled: shared negatives per batch")
@@ -44,37 +60,110 @@ class SequentialParams(BaseModel):
                                          "where bf16 is native (auto: CUDA, AVX512-BF16/AMX CPUs)")
 
 
+@dataclass
+class ViewContext:
+    """What :meth:`SequentialModel.make_views` may read about the batch's samples."""
+
+    data: Any                 # SequenceData
+    max_len: int
+    samples: np.ndarray       # index of each row's sample in the epoch's sample list
+    same_target: Any = None   # SameTarget over the sample list (models with needs_same_target)
+
+
 class SequentialModel(nn.Module, abc.ABC):
     task: ClassVar[str] = "next-item"
     name: ClassVar[str] = ""
     needs_semantic: ClassVar[bool] = False
+    #: FDSA-like models read ``data.attributes`` (per-item attribute ids)
+    needs_attributes: ClassVar[bool] = False
+    #: DuoRec-like models draw another training sample with the same target
+    needs_same_target: ClassVar[bool] = False
+    #: rows of the item table after the items (BERT4Rec's / CL4SRec's mask token)
+    extra_tokens: ClassVar[int] = 0
     Params: ClassVar[type[SequentialParams]] = SequentialParams
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
 
-    def __init__(self, n_items: int, params: SequentialParams) -> None:
+    def __init__(self, n_items: int, params: SequentialParams, data: Any = None) -> None:
         super().__init__()
         self.n_items = int(n_items)
         self.params = params
         # padding_idx: row 0 stays zero and gets no gradient
-        self.items = nn.Embedding(self.n_items + 1, params.dim, padding_idx=0)
+        self.items = nn.Embedding(self.n_items + 1 + self.extra_tokens, params.dim,
+                                  padding_idx=0)
 
     @classmethod
-    def build(cls, n_items: int, params: Any = None) -> "SequentialModel":
+    def build(cls, n_items: int, params: Any = None, data: Any = None) -> "SequentialModel":
         p = params if isinstance(params, cls.Params) else cls.Params(**(params or {}))
-        return cls(n_items, p)
+        attrs = getattr(data, "attributes", None)
+        if cls.needs_attributes and (attrs is None or attrs.n_attributes == 0):
+            raise ConfigError(f"model.backbone {cls.name}: an attribute-aware model needs item "
+                              "attributes, and no item has any (data.item_attributes: PATH to "
+                              "a JSON object item key -> attribute ids, or a source whose items "
+                              "table has attributes)")
+        return cls(n_items, p, data)
+
+    @property
+    def mask_id(self) -> int:
+        """The first extra token (models with ``extra_tokens >= 1``)."""
+        return self.n_items + 1
 
     def item_weights(self) -> torch.Tensor:
-        return self.items.weight[1:]
+        return self.items.weight[1:self.n_items + 1]
+
+    @abc.abstractmethod
+    def user_repr(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The state that predicts the next item after each history, ``[B, d]``."""
+
+    def make_views(self, seqs: list[np.ndarray], rngs: list[np.random.Generator],
+                   ctx: ViewContext) -> dict[str, torch.Tensor]:
+        """Model-specific batch inputs drawn on the host: ``seqs`` are the rows' samples (model
+        ids, the final target last), ``rngs`` one generator per row."""
+        return {}
+
+    def loss_terms(self, batch: Any) -> int:
+        """How many terms this rank's recommendation loss averages (for exact data parallel)."""
+        return int((batch.targets > 0).sum())
+
+    def rec_loss(self, batch: Any, loss_fn: LossFn) -> torch.Tensor:
+        if not batch.last_only:
+            raise ConfigError(f"model.backbone {self.name} scores the last position only: "
+                              "model.params.samples must be prefixes")
+        return loss_fn(self.user_repr(batch.inputs), batch.targets[:, -1])
+
+    def losses(self, batch: Any, loss_fn: LossFn) -> dict[str, torch.Tensor]:
+        """Weighted loss terms (differentiable): ``rec`` a mean over :meth:`loss_terms`, any
+        other a mean over the batch's rows; the task adds them up."""
+        return {"rec": self.rec_loss(batch, loss_fn)}
+
+
+class PositionalModel(SequentialModel):
+    """A model with a state per position (causal: position t has seen items <= t)."""
 
     @abc.abstractmethod
     def hidden(self, inputs: torch.Tensor) -> torch.Tensor:
-        """A state per position, ``[B, L, d]`` (position t has seen items <= t)."""
+        """A state per position, ``[B, L, d]``."""
 
     def user_repr(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.hidden(inputs)[:, -1]
 
-    def losses(self, batch: Any, loss_fn: LossFn) -> dict[str, torch.Tensor]:
+    def rec_loss(self, batch: Any, loss_fn: LossFn) -> torch.Tensor:
+        if batch.last_only:
+            return super().rec_loss(batch, loss_fn)
         h = self.hidden(batch.inputs)
         keep = batch.targets > 0
-        rec = loss_fn(h[keep], batch.targets[keep])
-        return {"rec": rec.detach(), "loss": rec}
+        return loss_fn(h[keep], batch.targets[keep])
+
+
+def pad_rows(rows: list[np.ndarray], width: int | None = None) -> torch.Tensor:
+    """Right-aligned, 0-padded ``[len(rows), width]`` (default: the longest row)."""
+    w = max(1, width or max((r.size for r in rows), default=1))
+    out = np.zeros((len(rows), w), dtype=np.int64)
+    for i, r in enumerate(rows):
+        r = r[-w:]
+        if r.size:
+            out[i, w - r.size:] = r
+    return torch.from_numpy(out)
+
+
+__all__ = ["LossFn", "PositionalModel", "SequentialModel", "SequentialParams", "ViewContext",
+           "pad_rows"]

@@ -27,12 +27,28 @@ Generative model (every latent variable is returned by :func:`latent_truth`):
   Timestamps increase per user in sampling order; ratings 1-5 rise with the taste match of the
   item; a per-user propensity (mean ``review_rate``) decides which interactions carry a review
   built from the item's topic words and a sentiment matching the rating.
+- **Order** (``order: transitions``; ``order: none``, the default, is the model above, bit for
+  bit). Every topic's items (by dominant topic) form a fixed ring in random order; an item's
+  *successor* is the next item of its ring (``latent_truth``'s ``item_successor``). A user's
+  sequence is a series of runs: a run starts at an item drawn from ``p_u`` as above and goes on
+  to the successor of its last item with probability ``order_strength`` per step (a geometric
+  length, at most once round the ring and at most the user's activity). Items the user already
+  has are skipped (the run goes on past them), so after the previous item ``x`` the next is
+  ``successor(x)`` with probability ``order_strength`` (plus a fresh draw's chance of hitting
+  it) when the user does not have it yet, a little less over all pairs (~.77 at 0.8);
+  the per-user item set stays topic-coherent (a run stays in its topic), while popularity is
+  flatter (a run's later items follow the ring, not popularity: at the default sizes the top 10%
+  of items take 23% of interactions at strength 0.8 against 31% without order). Same vectorised
+  sampling: runs are expanded, then first occurrences are kept. ``order_strength`` 0 gives the
+  ``order: none`` output exactly (runs of one item, the same draws).
 
 Determinism: every random stream is keyed by (seed, stream, block), with user blocks of a size
 that does not depend on ``chunk_users``; the same config gives identical tables, and the
 concatenation of chunks is identical for any ``chunk_users``. The fingerprint therefore hashes
-the config without ``chunk_users``. Memory: O(items + users) for the side tables plus one chunk
-of interactions (``chunk_users`` users) and one sampling block (about 2**17 rows).
+the config without ``chunk_users`` (and without the order fields under ``order: none``, so
+that fingerprints of earlier configs stay valid). Memory: O(items + users) for the side tables
+plus one chunk of interactions (``chunk_users`` users) and one sampling block (about 2**17
+rows; with ``order: transitions`` a few times that for ``order_strength`` near 1).
 """
 
 from __future__ import annotations
@@ -61,6 +77,7 @@ _POOL = 20  # words per topic pool (nouns and adjectives)
 
 # random streams: (seed, stream, block) -> independent generators
 _S_ITEMS, _S_ITEM_TEXT, _S_ACTIVITY, _S_USER_ATTRS, _S_TASTE, _S_SAMPLE = range(6)
+_S_RING, _S_RUN = 6, 7  # order: transitions only (order: none never draws from them)
 
 # --------------------------------------------------------------------------------------------
 # vocabulary
@@ -412,6 +429,24 @@ class _Generator:
         self.t_end = ends
         self.topic_ok = counts > 0  # users only pick topics that have items
 
+    @cached_property
+    def ring(self) -> dict[str, np.ndarray]:
+        """Per-topic rings (items by dominant topic, random order), from their own stream.
+
+        ``items`` grouped by topic; per item its ring's ``first`` index into ``items``, ring
+        ``size``, position ``pos`` in the ring and ``successor`` (the next item round the ring).
+        """
+        s, n = self.s, self.s.items
+        perm = _rng(s.seed, _S_RING).permutation(n)
+        items = perm[np.argsort(self.dom[perm], kind="stable")]
+        counts = np.bincount(self.dom, minlength=s.topics)
+        starts = np.cumsum(counts) - counts
+        first, size = starts[self.dom], counts[self.dom]
+        pos = np.empty(n, np.int64)
+        pos[items] = np.arange(n) - starts[self.dom[items]]
+        return {"items": items, "first": first, "size": size, "pos": pos,
+                "successor": items[first + (pos + 1) % size]}
+
     # ---- activity ------------------------------------------------------------------------
 
     def _make_activity(self) -> None:
@@ -511,6 +546,36 @@ class _Generator:
             item[uni] = rng.integers(0, self.s.items, int(uni.sum()))
         return item
 
+    def _runs(self, users: np.ndarray, need: np.ndarray, f: float, k: np.ndarray,
+              lat: dict[str, np.ndarray], rng: np.random.Generator,
+              run_rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(local user, item, rows per user) of runs along the rings, grouped by user.
+
+        Run starts are drawn exactly as the ``order: none`` rows (same count at strength 0, from
+        the same stream); lengths come from their own stream, so strength 0 reproduces that
+        output. A run has ``1 + Geometric`` items (continue with prob. ``order_strength``), at
+        most its ring's size (once round) and the user's activity.
+        """
+        s = self.s.order_strength
+        c = np.ceil(need * f * (1.0 - s)).astype(np.int64) + 3  # runs per user
+        cu = np.repeat(users, c)
+        start = self._draw(cu, lat, rng)
+        ring = self.ring
+        cap = np.minimum(ring["size"][start], k[cu])
+        if s <= 0.0:
+            length = np.ones(len(cu), np.int64)
+        elif s >= 1.0:
+            length = cap
+        else:  # P(length > l) = s ** l
+            g = np.floor(np.log1p(-run_rng.random(len(cu))) / np.log(s))
+            length = np.minimum(1 + np.minimum(g, 1 << 40).astype(np.int64), cap)
+        uid = np.repeat(cu, length)
+        st = np.repeat(start, length)
+        off = np.arange(len(uid)) - np.repeat(np.cumsum(length) - length, length)
+        item = ring["items"][ring["first"][st] + (ring["pos"][st] + off) % ring["size"][st]]
+        rows = np.bincount(cu, weights=length, minlength=len(k)).astype(np.int64)[users]
+        return uid, item, rows
+
     def _lookup(self, q: np.ndarray) -> np.ndarray:
         """searchsorted(e_cdf, q, 'right') via the guide table."""
         e = self.guide[np.minimum((q * self.g_scale).astype(np.int64), len(self.guide) - 1)]
@@ -544,11 +609,16 @@ class _Generator:
         need = k.copy()
         drawn = np.zeros(nb, np.int64)
         have = (np.empty(0, np.int64),) * 3
+        runs = self.s.order == "transitions"
+        run_rng = _rng(self.s.seed, _S_RUN, a // self.sample_block) if runs else None
         for f in (1.25, 2.0, 4.0):
-            m = np.ceil(need * f).astype(np.int64) + 3
-            uid = np.repeat(users, m)
+            if runs:
+                uid, item, m = self._runs(users, need, f, k, lat, rng, run_rng)
+            else:
+                m = np.ceil(need * f).astype(np.int64) + 3
+                uid = np.repeat(users, m)
+                item = self._draw(uid, lat, rng)
             pos = np.arange(len(uid)) - np.repeat(np.cumsum(m) - m, m) + np.repeat(drawn[users], m)
-            item = self._draw(uid, lat, rng)
             drawn[users] += m
             u, it, p = _first_unique(np.concatenate([have[0], uid]),
                                      np.concatenate([have[1], item]),
@@ -758,6 +828,8 @@ def fingerprint(cfg: DataConfig | SyntheticConfig) -> str:
     """Hash of everything that shapes the output (chunk_users does not)."""
     data = _synthetic(cfg).model_dump(mode="json")
     data.pop("chunk_users")
+    if data["order"] == "none":  # the output of the versions before these fields existed
+        data.pop("order"), data.pop("order_strength")
     data["generator_version"] = GENERATOR_VERSION
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -786,8 +858,11 @@ def latent_truth(cfg: DataConfig | SyntheticConfig, *, dense: bool = True) -> di
     Keys: ``topic_names`` (list), ``topic_prior`` (T,); ``item_topic`` / ``item_secondary``
     (dominant and second topic), ``item_weight`` (dominant share), ``item_popularity``;
     ``user_topics`` / ``user_weights`` (users, 3) (weight 0 = unused slot, slot 0 strongest),
-    ``user_activity``, ``min_activity``; with ``dense`` also ``item_topics`` (items, T) and
-    ``user_taste`` (users, T) float32 mixtures (skip them for very large configs).
+    ``user_activity``, ``min_activity``; ``item_successor`` (the next item round its topic's
+    ring: the transitions planted with ``order: transitions``, unused with ``order: none``; a
+    topic with one item makes it its own successor); with ``dense`` also ``item_topics``
+    (items, T) and ``user_taste`` (users, T) float32 mixtures (skip them for very large
+    configs).
     """
     s = _synthetic(cfg)
     gen = _Generator(s)
@@ -806,6 +881,7 @@ def latent_truth(cfg: DataConfig | SyntheticConfig, *, dense: bool = True) -> di
         "user_weights": uw,
         "user_activity": gen.activity,
         "min_activity": gen.min_act,
+        "item_successor": gen.ring["successor"],
     }
     if dense:
         it = np.zeros((s.items, s.topics), np.float32)

@@ -24,11 +24,13 @@ import numpy as np
 import torch
 
 from recalign.config import Config
-from recalign.data.sequences import SequenceBatch, SequenceData, histories_batch, window_batch
+from recalign.data.sequences import (SameTarget, SequenceBatch, SequenceData, histories_batch,
+                                     window_batch)
 from recalign.errors import ConfigError
 from recalign.eval.metrics import get_protocol
 from recalign.models.item_softmax import (NegativeSampler, full_softmax_loss,
                                           sampled_softmax_loss)
+from recalign.models.sequential import SequentialModel, ViewContext
 from recalign.tables.optim import TableOptimizerSpec
 from recalign.train.evaluation import eval_users, ranking_metrics
 from recalign.train.optimizers import Optimizers
@@ -52,6 +54,18 @@ class NextItemTask(Task):
     units = "sequences"
 
     # ------------------------------------------------------------------ driver side
+    @classmethod
+    def prepare(cls, cfg: Config, ds: Any) -> SequenceData:
+        """Sequences, with per-item attribute ids when the model reads them (FDSA)."""
+        from recalign.data.item_attributes import load_item_attributes
+        from recalign.models.registry import get_backbone
+
+        data = ds if isinstance(ds, SequenceData) else SequenceData.from_dataset(ds)
+        if (get_backbone(cfg.model.backbone).needs_attributes and data.attributes is None
+                and not isinstance(ds, SequenceData)):
+            data.attributes = load_item_attributes(cfg.data.item_attributes, ds)
+        return data
+
     @classmethod
     def meta(cls, cfg: Config, data: SequenceData) -> dict[str, Any]:
         p = model_params(cfg)
@@ -84,8 +98,13 @@ class NextItemTask(Task):
         cfg, d = self.cfg, self.d
         self.data: SequenceData = self.inp.data
         self.p = p = model_params(cfg)
-        self.model = get_backbone(cfg.model.backbone).build(self.data.n_items, p).to(d.device)
-        self.windows = self.data.training_windows(p.max_len)
+        cls = get_backbone(cfg.model.backbone)
+        self.model = cls.build(self.data.n_items, p, self.data).to(d.device)
+        self.samples = (self.data.training_windows(p.max_len) if p.samples == "windows"
+                        else self.data.training_prefixes())
+        self.same_target = (SameTarget(self.data, *self.samples) if cls.needs_same_target
+                            else None)
+        self.has_views = cls.make_views is not SequentialModel.make_views
         self.sampler = None
         if p.loss == "sampled":
             counts = np.bincount(self.data.items, minlength=self.data.n_items)
@@ -104,9 +123,12 @@ class NextItemTask(Task):
         return [self.model]
 
     def batches(self) -> Iterator[SequenceBatch]:
-        t, d = self.cfg.train, self.d
-        users, ends = self.windows
+        t, d, p = self.cfg.train, self.d, self.p
+        users, ends = self.samples
         order = self.rng.permutation(users.size)
+        # per-sample generators for the model's views: a function of (epoch, sample) only, so
+        # the views do not depend on how samples are spread over ranks, and resume exactly
+        epoch_seed = int(self.rng.integers(2**62)) if self.has_views else 0
         bs = t.batch_size
         for step, s in enumerate(range(0, order.size, bs)):
             if t.steps_per_epoch is not None and step >= t.steps_per_epoch:
@@ -116,15 +138,19 @@ class NextItemTask(Task):
             if n < d.world:
                 continue
             mine = idx[n * d.rank // d.world:n * (d.rank + 1) // d.world]
-            b = window_batch(self.data, users[mine], ends[mine], self.p.max_len)
+            b = window_batch(self.data, users[mine], ends[mine], p.max_len,
+                             last_only=p.samples == "prefixes")
             b.global_size = n
-            if d.distributed:  # every rank knows the global batch: no collective needed
-                tgt = self.data.window_targets(ends[idx], self.p.max_len)
-                b.loss_scale = d.world * float(tgt[n * d.rank // d.world:
-                                                   n * (d.rank + 1) // d.world].sum()) / tgt.sum()
+            if self.has_views:
+                seqs = self.data.sample_items(users[mine], ends[mine], p.max_len)
+                rngs = [np.random.default_rng((epoch_seed, int(g))) for g in mine]
+                ctx = ViewContext(self.data, p.max_len, mine, self.same_target)
+                b.views = self.model.make_views(seqs, rngs, ctx)
             yield b.to(d.device)
 
     def _loss_fn(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if targets.numel() == 0:  # e.g. no masked item in this rank's rows: a zero that
+            return hidden.sum() * 0.0  # still reaches every parameter's gradient
         items = self.model.item_weights()
         if self.sampler is None:
             return full_softmax_loss(hidden, targets, items, self.bf16)
@@ -132,9 +158,21 @@ class NextItemTask(Task):
         return sampled_softmax_loss(hidden, targets, items, neg, self.sampler.log_q)
 
     def loss(self, batch: SequenceBatch) -> dict[str, torch.Tensor]:
-        out = self.model.losses(batch, self._loss_fn)
-        if batch.loss_scale != 1.0:
-            out = {k: v * batch.loss_scale for k, v in out.items()}
+        """The model's terms, each a mean over this rank's share; on N ranks rescaled to the
+        rank's share of the global batch's mean (``world * local / global`` terms for the
+        recommendation loss, rows for the others), so that the trainer's gradient average is
+        exactly the global batch's (contrastive terms keep in-rank negatives)."""
+        terms = self.model.losses(batch, self._loss_fn)
+        s_rec = s_row = 1.0
+        d = self.d
+        if d.distributed:
+            n = self.model.loss_terms(batch)
+            total = float(d.all_reduce(torch.tensor([float(n)], device=d.device)).item())
+            s_rec = d.world * n / total if total else 0.0
+            s_row = d.world * len(batch) / batch.global_size
+        loss = sum(v * (s_rec if k == "rec" else s_row) for k, v in terms.items())
+        out = {k: v.detach() * (s_rec if k == "rec" else s_row) for k, v in terms.items()}
+        out["loss"] = loss  # type: ignore[assignment]
         return out
 
     # ------------------------------------------------------------------ evaluation
@@ -210,8 +248,11 @@ class NextItemTask(Task):
         lens = self.data.train_lengths()
         return {"model": {"backbone": self.cfg.model.backbone, "params": self.p.model_dump()},
                 "precision": "bf16" if self.bf16 else "fp32",
-                "training_windows": int(self.windows[0].size),
+                "training_samples": {"kind": self.p.samples,
+                                     "count": int(self.samples[0].size)},
                 "users_without_heldout": int((self.data.test < 0).sum()),
+                **({"item_attributes": self.data.attributes.report}
+                   if self.model.needs_attributes else {}),
                 "histories_truncated": dict(self.truncated),
                 "train_sequence_length": {"mean": round(float(lens.mean()), 2),
                                           "max": int(lens.max())}}

@@ -32,14 +32,11 @@ from pathlib import Path
 warnings.filterwarnings("ignore")
 
 import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 from recalign.config import load_config  # noqa: E402
-from recalign.storage.snapshot import SnapshotStore  # noqa: E402
-from recalign.train.export import ARTIFACT, ExportTarget  # noqa: E402
-from recalign.train.loop import CFData  # noqa: E402
-from recalign.train.runner import RunInputs  # noqa: E402
+from recalign.train.data import CFData  # noqa: E402
+from scale_common import train_on_ray  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,9 +58,6 @@ def synthetic(n_users: int, n_items: int, n: int, seed: int = 0) -> CFData:
 
 
 def run(n: int, args: argparse.Namespace, root: str) -> dict:
-    from recalign.operators.ray_env import ensure_ray
-    from recalign.operators.train_worker import run_trainer
-
     t0 = time.perf_counter()
     data = synthetic(args.users, args.items, n)
     gen_s = time.perf_counter() - t0
@@ -75,21 +69,7 @@ def run(n: int, args: argparse.Namespace, root: str) -> dict:
         "train.propagation={mode: sampled, fanout: [10, 5], infer_chunk: 65536}",
         f"train.steps_per_epoch={args.steps}", "train.max_epochs=1", "train.checkpoint_every=0",
         f"eval.max_users={args.eval_users}", f"output.root={root}"])
-    version = SnapshotStore(root).begin(name, ARTIFACT).version
-    user_keys = pa.array(np.arange(args.users).astype(str))
-    item_keys = pa.array(np.arange(args.items).astype(str))
-    run_dir = f"{root}/{name}/runs/bench"
-    inp = RunInputs(cfg.model_dump(mode="json"), data, user_keys, item_keys, run_dir,
-                    ExportTarget(root, name, version), {"inputs": {"synthetic": name}})
-    ensure_ray(2, object_store_gib=3.0)
-    t1 = time.perf_counter()
-    res = run_trainer(inp, workers=2, use_gpu=False, run_name="bench",
-                      storage=f"{root}/{name}/runs", max_failures=0)
-    wall = time.perf_counter() - t1
-    if res.error is not None:
-        raise RuntimeError(res.error)
-    out = json.loads(Path(run_dir, "result.json").read_text())
-    snap = SnapshotStore(root).open(name, ARTIFACT)
+    out, snap, wall = train_on_ray(cfg, data, args.users, args.items, root, name)
     return {"interactions": int(data.train.nnz + data.valid.nnz + data.test.nnz),
             "train_pairs": int(data.train.nnz), "users": args.users, "items": args.items,
             "steps": args.steps, "pairs_trained": out["pairs_trained"],

@@ -135,7 +135,8 @@ def test_softmax_losses_match_brute_force() -> None:
     q = (counts + 1.0) ** 0.75
     q /= q.sum()
     neg = torch.tensor([4, 7, 2, 4])
-    got = float(sampled_softmax_loss(h, targets, items, neg, s.log_q))
+    got = float(sampled_softmax_loss(h, targets, items[targets - 1], neg, items[neg - 1],
+                                     s.log_q))
     rows = []
     for r, t in enumerate(targets.tolist()):
         pos = float(logits[r, t - 1]) - math.log(q[t - 1])

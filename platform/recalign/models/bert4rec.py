@@ -49,7 +49,7 @@ class BERT4Rec(PositionalModel):
             self.items.weight[0].zero_()
 
     def hidden(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(inputs, self.items(inputs)))
+        return self.head(self.encoder(inputs, self.embed(inputs)))
 
     def user_repr(self, inputs: torch.Tensor) -> torch.Tensor:
         keep = inputs[:, -(self.params.max_len - 1):]

@@ -55,6 +55,6 @@ class FDSA(PositionalModel):
         return self.attributes(flat, bag_offsets)[inv]
 
     def hidden(self, inputs: torch.Tensor) -> torch.Tensor:
-        h_item = self.item_stream(inputs, self.items(inputs))
+        h_item = self.item_stream(inputs, self.embed(inputs))
         h_feat = self.feature_stream(inputs, self.item_features(inputs))
         return self.dropout(self.norm(self.concat(torch.cat([h_item, h_feat], -1))))

@@ -41,5 +41,5 @@ class GRU4Rec(PositionalModel):
         # right-aligned histories start with padding: a bias-free GRU (RecBole's) fed zero
         # vectors from a zero state stays exactly at zero (r = z = 1/2, candidate tanh(0) = 0),
         # so leading padding changes no state and no packing is needed
-        out, _ = self.gru(self.emb_dropout(self.items(inputs)))
+        out, _ = self.gru(self.emb_dropout(self.embed(inputs)))
         return self.dense(out)

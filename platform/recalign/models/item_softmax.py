@@ -52,13 +52,16 @@ def full_softmax_loss(hidden: torch.Tensor, targets: torch.Tensor, items: torch.
     return F.cross_entropy(logits, targets - 1)
 
 
-def sampled_softmax_loss(hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor,
-                         negatives: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """Mean sampled-softmax CE with logQ correction; ``negatives`` [k] model ids shared by rows,
-    ``log_q`` [n] log-probabilities of sampling each item (index = model id - 1)."""
+def sampled_softmax_loss(hidden: torch.Tensor, targets: torch.Tensor, target_rows: torch.Tensor,
+                         negatives: torch.Tensor, negative_rows: torch.Tensor,
+                         log_q: torch.Tensor) -> torch.Tensor:
+    """Mean sampled-softmax CE with logQ correction; ``target_rows`` [N, d] the output rows of
+    ``targets`` [N], ``negative_rows`` [k, d] those of ``negatives`` [k] (model ids shared by
+    rows: looked up once, so a sharded table serves only these rows); ``log_q`` [n]
+    log-probabilities of sampling each item (index = model id - 1)."""
     log_q = log_q.to(hidden.device)
-    pos = (hidden * items[targets - 1]).sum(-1) - log_q[targets - 1]
-    neg = hidden @ items[negatives - 1].T - log_q[negatives - 1]
+    pos = (hidden * target_rows).sum(-1) - log_q[targets - 1]
+    neg = hidden @ negative_rows.T - log_q[negatives - 1]
     neg = neg.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), -math.inf)
     logits = torch.cat([pos.unsqueeze(1), neg], dim=1)
     return F.cross_entropy(logits, torch.zeros_like(targets))

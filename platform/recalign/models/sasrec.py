@@ -36,4 +36,4 @@ class SASRec(PositionalModel):
             self.items.weight[0].zero_()
 
     def hidden(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.encoder(inputs, self.items(inputs))
+        return self.encoder(inputs, self.embed(inputs))

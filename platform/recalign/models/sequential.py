@@ -50,11 +50,26 @@ class SequentialParams(BaseModel):
     samples: Literal["windows", "prefixes"] = Field(
         "windows", description="training samples: windows (every position predicts its next "
         "item) or prefixes (one sample per training target, RecBole's augmentation)")
+    length_buckets: int = Field(
+        0, ge=0, description="0: batches drawn uniformly at random (the published setting); "
+        "k > 0: each run of k batches is drawn at random, then sorted by sample length into "
+        "batches, whose order is shuffled — far less padding on short-sequence data (a batch "
+        "is as wide as its longest history), at the price of batch mates of similar length")
     loss: str = Field("full", pattern="^(full|sampled)$", description="full softmax over all "
                       "items, or sampled softmax with logQ correction (huge catalogues)")
     negatives: int = Field(1024, ge=1, description="sampled: shared negatives per batch")
     negative_sampler: str = Field("uniform", pattern="^(uniform|popularity)$")
     init_std: float = Field(0.02, gt=0)
+    item_table: Literal["replicated", "sharded"] = Field(
+        "replicated", description="replicated: an nn.Embedding on every rank (data parallel, "
+        "trained by train.optimizer); sharded: TorchRec tables row-wise sharded over the ranks "
+        "with an fbgemm fused optimizer (table_optimizer), for catalogues too large to "
+        "replicate (use loss: sampled there: full softmax gathers every row each step)")
+    table_optimizer: dict[str, Any] = Field(
+        default_factory=lambda: {"name": "rowwise_adagrad", "lr": 0.05},
+        description="item_table: sharded only: the fused optimizer of the table rows "
+        "(recalign.tables.optim.TableOptimizerSpec; on CPU fbgemm fuses sgd, adagrad, "
+        "rowwise_adagrad)")
     bf16: bool | Literal["auto"] = Field(False, description="score items in bf16 (fp32 "
                                          "accumulation, loss in fp32): ~2x faster output layer "
                                          "where bf16 is native (auto: CUDA, AVX512-BF16/AMX CPUs)")
@@ -88,8 +103,13 @@ class SequentialModel(nn.Module, abc.ABC):
         self.n_items = int(n_items)
         self.params = params
         # padding_idx: row 0 stays zero and gets no gradient
-        self.items = nn.Embedding(self.n_items + 1 + self.extra_tokens, params.dim,
-                                  padding_idx=0)
+        self.items: nn.Embedding | None = nn.Embedding(self.n_items + 1 + self.extra_tokens,
+                                                       params.dim, padding_idx=0)
+        # item_table: sharded — TorchRec tables (``recalign.tables.IdTables``; their ``item``
+        # table holds the same rows) set by the task in place of ``items``
+        self.tables: nn.Module | None = None
+        self._lookup_size: Callable[[int], int] = lambda n: n
+        self._frozen_rows: torch.Tensor | None = None
 
     @classmethod
     def build(cls, n_items: int, params: Any = None, data: Any = None) -> "SequentialModel":
@@ -107,8 +127,51 @@ class SequentialModel(nn.Module, abc.ABC):
         """The first extra token (models with ``extra_tokens >= 1``)."""
         return self.n_items + 1
 
+    @property
+    def table_rows(self) -> int:
+        """Rows of the item table: padding, the items, the extra tokens."""
+        return self.n_items + 1 + self.extra_tokens
+
+    def use_tables(self, tables: nn.Module, lookup_size: Callable[[int], int]) -> None:
+        """Read item rows from TorchRec ``tables`` (sharded or not) instead of ``items``;
+        ``lookup_size(n)`` agrees on one lookup size over the ranks (a sharded lookup needs the
+        same batch everywhere)."""
+        self.items = None
+        self.tables = tables
+        self._lookup_size = lookup_size
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows of model ids ``[...]`` -> ``[..., d]`` (padding id 0 -> zeros)."""
+        if self.items is not None:
+            return self.items(ids)
+        flat = ids.reshape(-1)
+        if self._frozen_rows is not None:  # evaluation: a gathered copy, no communication
+            rows = self._frozen_rows[flat]
+        else:
+            n = self._lookup_size(flat.numel())
+            _, rows = self.tables.lookup(flat[:0], flat, batch_size=n)  # type: ignore[union-attr]
+        rows = rows * (flat != 0).unsqueeze(1).to(rows.dtype)
+        return rows.view(*ids.shape, rows.shape[-1])
+
+    def all_item_rows(self) -> torch.Tensor:
+        """Every row of the item table, ``[table_rows, d]`` (a collective when sharded)."""
+        if self.items is not None:
+            return self.items.weight
+        if self._frozen_rows is not None:
+            return self._frozen_rows
+        return self.tables.all_rows()[1][:self.table_rows]  # type: ignore[union-attr]
+
+    def freeze_rows(self, on: bool) -> None:
+        """Sharded tables: keep a gathered copy of every row for evaluation and export, whose
+        per-rank lookups then need no lockstep with the other ranks."""
+        if self.tables is None:
+            return
+        self._frozen_rows = None
+        if on:
+            self._frozen_rows = self.all_item_rows().detach()
+
     def item_weights(self) -> torch.Tensor:
-        return self.items.weight[1:self.n_items + 1]
+        return self.all_item_rows()[1:self.n_items + 1]
 
     @abc.abstractmethod
     def user_repr(self, inputs: torch.Tensor) -> torch.Tensor:

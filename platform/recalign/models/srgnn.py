@@ -89,7 +89,7 @@ class SRGNN(SequentialModel):
 
     def user_repr(self, inputs: torch.Tensor) -> torch.Tensor:
         nodes, alias, a_in, a_out = session_graphs(inputs)
-        h = self.gnn(self.items(nodes), a_in, a_out)
+        h = self.gnn(self.embed(nodes), a_in, a_out)
         seq = h.gather(1, alias.unsqueeze(-1).expand(-1, -1, h.shape[-1]))  # [B, L, d]
         last = seq[:, -1]  # right-aligned: the most recent item
         alpha = self.q(torch.sigmoid(self.w1(last).unsqueeze(1) + self.w2(seq)))

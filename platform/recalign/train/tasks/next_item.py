@@ -105,6 +105,10 @@ class NextItemTask(Task):
         self.same_target = (SameTarget(self.data, *self.samples) if cls.needs_same_target
                             else None)
         self.has_views = cls.make_views is not SequentialModel.make_views
+        self.dmp: Any = None
+        fused_opt, table_ids = None, set()
+        if p.item_table == "sharded":
+            fused_opt, table_ids = self._use_tables()
         self.sampler = None
         if p.loss == "sampled":
             counts = np.bincount(self.data.items, minlength=self.data.n_items)
@@ -117,7 +121,42 @@ class NextItemTask(Task):
         self.proto = get_protocol(cfg.eval.protocol)
         self.truncated: dict[str, int] = {}
         spec = TableOptimizerSpec(**cfg.train.optimizer.model_dump())
-        return Optimizers(self.model.parameters(), spec.model_copy(update={"kernel": "dense"}))
+        self.fused_opt = fused_opt
+        dense = [q for q in self.model.parameters() if id(q) not in table_ids]
+        return Optimizers(dense, spec.model_copy(update={"kernel": "dense"}), fused_opt)
+
+    def _use_tables(self) -> tuple[Any, set[int]]:
+        """``item_table: sharded``: the item rows in TorchRec tables with a fused optimizer —
+        row-wise sharded over the ranks (built on the meta device, each rank filling only its
+        rows from the world-size-independent seeded init), or one unsharded table in one
+        process (the same rows and optimizer, so 1 and N ranks agree)."""
+        from recalign.tables import IdTables, fused_supported
+        from recalign.train.tasks.pairwise import init_full, init_shards, table_bounds
+
+        d, t, p = self.d, self.cfg.train, self.p
+        tspec = TableOptimizerSpec(**p.table_optimizer)
+        if not fused_supported(tspec.name, d.device):
+            raise ConfigError(f"model.params.table_optimizer {tspec.name!r} has no fused fbgemm "
+                              f"kernel on {d.device.type}; item_table: sharded needs one (on "
+                              "CPU: sgd, adagrad, rowwise_adagrad)")
+        model = self.model
+        if d.distributed:
+            from recalign.tables.sharding import shard_model
+
+            tables = IdTables(1, model.table_rows, p.dim, device="meta",
+                              optimizer=tspec.model_copy(update={"kernel": "dense"}))
+            bounds = table_bounds(tables)
+            model.use_tables(tables, d.max_int)
+            self.dmp = shard_model(model, "tables.ebc", "row-wise", tspec, pg=d.pg,
+                                   device=d.device, local_size=d.local_world)
+            init_shards(self.dmp, bounds, t.seed)
+            self.model = self.dmp.module
+            return self.dmp.fused_optimizer, {id(q) for q in self.model.tables.ebc.parameters()}
+        tables = IdTables(1, model.table_rows, p.dim, device=d.device,
+                          optimizer=tspec.model_copy(update={"kernel": "fused"}))
+        init_full(tables, t.seed)
+        model.use_tables(tables, lambda n: n)
+        return tables.fused_optimizer(), tables.fused_parameter_ids()
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.model]
@@ -125,11 +164,13 @@ class NextItemTask(Task):
     def batches(self) -> Iterator[SequenceBatch]:
         t, d, p = self.cfg.train, self.d, self.p
         users, ends = self.samples
+        bs = t.batch_size
         order = self.rng.permutation(users.size)
+        if p.length_buckets:
+            order = self._bucketed(order, np.minimum(ends, p.max_len + 1), bs, p.length_buckets)
         # per-sample generators for the model's views: a function of (epoch, sample) only, so
         # the views do not depend on how samples are spread over ranks, and resume exactly
         epoch_seed = int(self.rng.integers(2**62)) if self.has_views else 0
-        bs = t.batch_size
         for step, s in enumerate(range(0, order.size, bs)):
             if t.steps_per_epoch is not None and step >= t.steps_per_epoch:
                 break
@@ -148,14 +189,26 @@ class NextItemTask(Task):
                 b.views = self.model.make_views(seqs, rngs, ctx)
             yield b.to(d.device)
 
+    def _bucketed(self, order: np.ndarray, lengths: np.ndarray, bs: int, k: int) -> np.ndarray:
+        """``order`` regrouped: each run of ``k`` batches sorted by length, cut into batches,
+        the batches shuffled (the last, partial batch stays last)."""
+        runs = [order[s:s + k * bs] for s in range(0, order.size, k * bs)]
+        runs = [r[np.argsort(lengths[r], kind="stable")] for r in runs]
+        flat = np.concatenate(runs)
+        full = flat.size // bs
+        batches = flat[:full * bs].reshape(full, bs)[self.rng.permutation(full)]
+        return np.concatenate([batches.reshape(-1), flat[full * bs:]])
+
     def _loss_fn(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if targets.numel() == 0:  # e.g. no masked item in this rank's rows: a zero that
             return hidden.sum() * 0.0  # still reaches every parameter's gradient
-        items = self.model.item_weights()
         if self.sampler is None:
-            return full_softmax_loss(hidden, targets, items, self.bf16)
+            return full_softmax_loss(hidden, targets, self.model.item_weights(), self.bf16)
         neg = self.sampler.sample(self.p.negatives, self.neg_gen).to(hidden.device)
-        return sampled_softmax_loss(hidden, targets, items, neg, self.sampler.log_q)
+        rows = self.model.embed(torch.cat([targets, neg]))  # one lookup for both
+        n = targets.numel()
+        return sampled_softmax_loss(hidden, targets, rows[:n], neg, rows[n:],
+                                    self.sampler.log_q)
 
     def loss(self, batch: SequenceBatch) -> dict[str, torch.Tensor]:
         """The model's terms, each a mean over this rank's share; on N ranks rescaled to the
@@ -185,6 +238,7 @@ class NextItemTask(Task):
     def evaluate(self, split: str) -> dict[str, float]:
         ev, data = self.cfg.eval, self.data
         self.model.eval()
+        self.model.freeze_rows(True)
         heldout = data.heldout(split)
         exclude = data.history_matrix(split) if ev.mask_history else None
         items = self.model.item_weights().detach()
@@ -195,15 +249,21 @@ class NextItemTask(Task):
 
         users = eval_users(heldout, ev.max_users, self.cfg.train.seed, self.d)
         out = ranking_metrics(score, heldout, exclude, users, self.proto, ev.chunk_size, self.d)
+        self.model.freeze_rows(False)
         self.model.train()
         return out
 
     # ------------------------------------------------------------------ state
     def sharded_state(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict()}
+        out = {"model": (self.dmp or self.model).state_dict()}
+        if self.fused_opt is not None:
+            out["optim"] = self.fused_opt.state_dict()
+        return out
 
     def load_sharded_state(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        (self.dmp or self.model).load_state_dict(state["model"])
+        if self.fused_opt is not None and "optim" in state:
+            self.fused_opt.load_state_dict(state["optim"])
 
     def rank_state(self) -> dict[str, Any]:
         return {"neg_gen": self.neg_gen.get_state() if self.sampler is not None else None}
@@ -213,10 +273,10 @@ class NextItemTask(Task):
             self.neg_gen.set_state(state["neg_gen"])
 
     def weights_state(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict()}
+        return {"model": (self.dmp or self.model).state_dict()}
 
     def load_weights_state(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        (self.dmp or self.model).load_state_dict(state["model"])
 
     # ------------------------------------------------------------------ export
     @torch.no_grad()
@@ -225,6 +285,7 @@ class NextItemTask(Task):
 
         d, inp, data = self.d, self.inp, self.data
         self.model.eval()
+        self.model.freeze_rows(True)
         ranges = owned_ranges([], {"user": data.n_users, "item": data.n_items}, d.rank, d.world,
                               set())
         writer = inp.export.writer(d.rank)  # type: ignore[union-attr]
@@ -237,6 +298,7 @@ class NextItemTask(Task):
                            inp.user_keys)
         for lo, hi in ranges["item"]:
             write_rows(writer, "item", lo, items[lo:hi], inp.item_keys)
+        self.model.freeze_rows(False)
         return writer.parts_written()
 
     def export_extra(self) -> dict[str, Any]:
@@ -247,6 +309,7 @@ class NextItemTask(Task):
     def summary(self) -> dict[str, Any]:
         lens = self.data.train_lengths()
         return {"model": {"backbone": self.cfg.model.backbone, "params": self.p.model_dump()},
+                "item_table": self.p.item_table,
                 "precision": "bf16" if self.bf16 else "fp32",
                 "training_samples": {"kind": self.p.samples,
                                      "count": int(self.samples[0].size)},

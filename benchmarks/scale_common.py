@@ -21,8 +21,8 @@ def train_on_ray(cfg: Config, data: Any, n_users: int, n_items: int, root: str,
     """Train ``data`` with ``cfg`` on 2 Ray Train workers (what ``recalign train`` runs on a
     cluster), exporting an embedding snapshot ``name``; returns (result.json, the snapshot,
     wall seconds of the trainer)."""
-    from operators.ray_env import ensure_ray
-    from operators.train_worker import run_trainer
+    from recalign.operators.ray_env import ensure_ray
+    from recalign.operators.train_worker import run_trainer
 
     version = SnapshotStore(root).begin(name, ARTIFACT).version
     user_keys = pa.array(np.arange(n_users).astype(str))

@@ -48,11 +48,21 @@ def cpu_model() -> str:
     return platform.processor()
 
 
-def run_one(data: Path, backbone: str, seed: int, threads: int, extra: list[str]) -> dict:
+def run_one(data: Path, backbone: str, seed: int, threads: int, extra: list[str],
+            stop: tuple[str, int] | None = None) -> dict:
+    """One run of the train job; ``stop = (run folder, epochs)``: end a run that was cut off at
+    its last checkpoint instead (``train.resume`` with ``max_epochs`` = the epochs it did: the
+    best weights so far are tested and exported)."""
     from recalign.config import load_config
     from recalign.jobs import train as train_job
 
+    user_set = list(extra)
     root = tempfile.mkdtemp(prefix="recalign-seq-")
+    if stop is not None:
+        run = Path(stop[0])
+        root = str(run.parents[2])
+        extra = [*extra, f"train.run_name={run.name}", "train.resume=true",
+                 f"train.max_epochs={stop[1]}"]
     attrs = data.parent / ATTRIBUTES
     side = [f"data.item_attributes={attrs}"] if backbone == "fdsa" and attrs.exists() else []
     cfg = load_config(None, ["data.source=amazon-sequences", f"data.path={data}",
@@ -62,7 +72,7 @@ def run_one(data: Path, backbone: str, seed: int, threads: int, extra: list[str]
     t = time.perf_counter()
     res = train_job.run(cfg, None)
     c = json.loads(Path(res["run_dir"], "curves.json").read_text())
-    return {"backbone": backbone, "seed": seed, "threads": threads, "set": extra,
+    return {"backbone": backbone, "seed": seed, "threads": threads, "set": user_set,
             "test": {m: res["test"][m] for m in METRICS},
             "valid": {m: res["valid"][m] for m in METRICS},
             "best_epoch": res["best_epoch"], "epochs": res["epochs"],
@@ -105,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config overrides (as recalign train --set)")
+    ap.add_argument("--stop", nargs=2, metavar=("RUN_DIR", "EPOCHS"), default=None,
+                    help="end a run that was cut off (one backbone and seed): test and export "
+                    "the best weights of its first EPOCHS epochs, from its checkpoints")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "sequential.jsonl")
     args = ap.parse_args(argv)
     if not args.data.exists():
@@ -113,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for bb in args.backbones:
         for seed in args.seeds:
-            rec = run_one(args.data, bb, seed, args.threads, args.set)
+            stop = (args.stop[0], int(args.stop[1])) if args.stop else None
+            rec = run_one(args.data, bb, seed, args.threads, args.set, stop)
+            rec["stopped_at"] = stop[1] if stop else None
             with args.out.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
             print(f"{bb} seed {seed}: test " + " ".join(f"{m} {rec['test'][m]:.4f}"

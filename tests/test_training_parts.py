@@ -85,3 +85,18 @@ def test_resuming_with_another_number_of_workers_is_a_clear_error(tmp_path) -> N
     train_job.run(load_config(None, base), None)
     with pytest.raises(ConfigError, match="workers: checkpoint 1 vs config 2"):
         train_job.run(load_config(None, [*base, "train.workers=2", "train.resume=true"]), None)
+
+
+def test_backbone_train_defaults_fill_only_unset_keys() -> None:
+    """GCCF's slow rise: its default patience is 10 (docs/results.md); a user's value wins,
+    and other backbones keep the task's."""
+    from recalign.config import Config
+    from recalign.train.tasks import with_task_defaults
+
+    gccf = with_task_defaults(Config.model_validate({"model": {"backbone": "gccf"}}))
+    assert gccf.train.patience == 10
+    mine = with_task_defaults(Config.model_validate({"model": {"backbone": "gccf"},
+                                                     "train": {"patience": 5}}))
+    assert mine.train.patience == 5
+    light = with_task_defaults(Config.model_validate({"model": {"backbone": "lightgcn"}}))
+    assert light.train.patience == Config().train.patience == 5

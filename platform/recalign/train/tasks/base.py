@@ -140,12 +140,19 @@ def task_of(cfg: Config) -> type[Task]:
 
 
 def with_task_defaults(cfg: Config) -> Config:
-    """``cfg`` with the task's defaults for every train/eval key the user did not set."""
+    """``cfg`` with the task's defaults, then the backbone's (``TRAIN_DEFAULTS``), for every
+    train/eval key the user did not set."""
+    from recalign.models.registry import get_backbone
+
     task = task_of(cfg)
-    if not task.defaults:
+    defaults = {k: dict(v) for k, v in task.defaults.items()}
+    for section, values in getattr(get_backbone(cfg.model.backbone), "TRAIN_DEFAULTS",
+                                   {}).items():
+        defaults.setdefault(section, {}).update(values)
+    if not defaults:
         return cfg
     tree = cfg.model_dump(mode="json")
-    for section, values in task.defaults.items():
+    for section, values in defaults.items():
         given = getattr(cfg, section).model_fields_set
         for k, v in values.items():
             if k not in given:

@@ -13,7 +13,6 @@ import argparse
 import sys
 from typing import Any
 
-from tqdm import tqdm
 
 from recalign.config import Config
 from recalign.data.snapshot_io import ARTIFACT as DATASET, read_dataset
@@ -22,6 +21,7 @@ from recalign.jobs.common import standalone
 from recalign.llm.embedding import LocalEmbedRunner, build_embeddings, profile_texts, raw_texts
 from recalign.llm.engine import build_embedding_engine
 from recalign.llm.profiles import ARTIFACT as PROFILES
+from recalign.progress import progress
 from recalign.storage.snapshot import SnapshotStore
 
 DESCRIPTION = "Embed profile summaries or raw entity text into a semantic-vector snapshot."
@@ -75,8 +75,7 @@ def run(cfg: Config, args: argparse.Namespace, *, runner_factory: Any = None) ->
         make_runner = runner_factory
     print(f"embed: {name} source {e.source} -> {artifact}, engine {e.engine} via {e.executor}, "
           f"model {model}", file=sys.stderr)
-    with tqdm(desc="embed", unit=" texts", file=sys.stderr,
-              disable=True if getattr(args, "no_progress", False) else None) as bar:
+    with progress("embed", "texts", disable=getattr(args, "no_progress", False)) as bar:
         summary = build_embeddings(texts, store, name, artifact, make_runner, model=model,
                                    normalize=e.normalize, inputs=inputs, progress=bar,
                                    extra={"source": e.source, "engine": e.engine,

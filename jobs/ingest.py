@@ -9,11 +9,11 @@ import argparse
 import sys
 from typing import Any
 
-from tqdm import tqdm
 
 from recalign.config import Config
 from recalign.data.snapshot_io import ingest_to_snapshot
 from recalign.jobs.common import standalone
+from recalign.progress import progress
 from recalign.storage.snapshot import SnapshotStore
 
 DESCRIPTION = "Ingest a data source into a versioned dataset snapshot."
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     store = SnapshotStore(cfg.output.root)
-    with tqdm(desc="ingest", unit=" rows", file=sys.stderr, disable=None) as bar:
+    with progress("ingest", "rows") as bar:
         summary = ingest_to_snapshot(cfg, store, force=getattr(args, "force", False), progress=bar)
     if summary["skipped"]:
         print(f"ingest: nothing to do ({summary['reason']})", file=sys.stderr)

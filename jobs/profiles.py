@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
 
 from recalign.config import Config, config_hash
 from recalign.data.snapshot_io import ARTIFACT as DATASET, read_dataset
@@ -25,6 +24,7 @@ from recalign.llm.engine import build_generation_engine
 from recalign.llm.models import model_label, resolve_model
 from recalign.llm.profiles import ARTIFACT, LocalRunner, generate_profiles
 from recalign.llm.prompts import TextBounder
+from recalign.progress import progress
 from recalign.storage.snapshot import SnapshotStore
 
 DESCRIPTION = "Generate RLMRec item and user profiles with an LLM into a profiles snapshot."
@@ -106,8 +106,7 @@ def run(cfg: Config, args: argparse.Namespace, *, runner_factory: Any = None) ->
     model_path, label = resolve_engine_model(cfg)
     print(f"profiles: {name} ({ds.n_items} items, {ds.n_users} users), engine "
           f"{cfg.llm.engine} via {executor_for(cfg)}, model {label}", file=sys.stderr)
-    with tqdm(desc="profiles", unit=" profiles", file=sys.stderr,
-              disable=True if getattr(args, "no_progress", False) else None) as bar:
+    with progress("profiles", "profiles", disable=getattr(args, "no_progress", False)) as bar:
         summary = generate_profiles(
             ds, cfg.llm, store, runner_factory or make_runner_factory(cfg, model_path), model=label,
             bound=text_bounder(model_path), data_source=cfg.data.source,

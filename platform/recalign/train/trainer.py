@@ -33,6 +33,7 @@ import pyarrow as pa
 import torch
 
 from recalign.config import Config
+from recalign.progress import progress
 from recalign.train import checkpoint as ckpt
 from recalign.train.curves import curves, plot_png
 from recalign.train.data import seed_everything
@@ -109,6 +110,8 @@ class Trainer:
         self.examples = 0
         self.done = False
         self.resumed_from: int | None = None
+        self.bar: Any = None
+        self._status = ""
 
     # ------------------------------------------------------------------ checkpoints
     def _loop_state(self) -> dict[str, Any]:
@@ -167,6 +170,9 @@ class Trainer:
         totals: dict[str, float] = {}
         n = 0
         for batch in task.batches():
+            if self.bar is not None and n % 20 == 0:  # shown by the log heartbeat in long epochs
+                self.bar.set_postfix_str(f"{self._status} | epoch {self.epoch} step {n}",
+                                         refresh=False)
             opt.zero_grad()
             losses = task.loss(batch)
             loss = losses["loss"]
@@ -195,6 +201,10 @@ class Trainer:
         select = self.select_metric()
         self.resume()
         t_start = time.perf_counter()
+        # rank 0 reports epochs, loss and the last validation (a bar, or a log line every ~15 s)
+        self.bar = (progress("train", "epochs", total=t.max_epochs, initial=self.epoch)
+                    if d.rank == 0 else None)
+        self._status = "starting"
         while not self.done and self.epoch < t.max_epochs:
             epoch = self.epoch
             t0 = time.perf_counter()
@@ -218,11 +228,27 @@ class Trainer:
                 late = time.perf_counter() - t_start > t.max_seconds
                 self.done = self.done or d.max_int(int(late)) > 0
             self.history.append(rec)
+            if self.bar is not None:
+                self._status = self._epoch_status(rec, select)
+                self.bar.set_postfix_str(self._status, refresh=False)
+                self.bar.update(1)
             if "valid" in rec and t.checkpoint_every and self.stop.evals % t.checkpoint_every == 0:
                 self.save_checkpoint({"epoch": epoch, select: rec["valid"][select]})
             elif self.hooks.report is not None:
                 self.hooks.report({"epoch": epoch, **losses})
+        if self.bar is not None:
+            self.bar.close()
         return self.finish(select)
+
+    def _epoch_status(self, rec: dict[str, Any], select: str) -> str:
+        parts = [f"loss {rec.get('loss', float('nan')):.4f}"]
+        if self.stop.best_epoch >= 0:
+            last = self.history[-1].get("valid") or next(
+                (h["valid"] for h in reversed(self.history) if "valid" in h), None)
+            if last is not None:
+                parts.append(f"valid {select} {last[select]:.4f}")
+            parts.append(f"best {self.stop.best:.4f} @ {self.stop.best_epoch}")
+        return ", ".join(parts)
 
     def finish(self, select: str) -> dict[str, Any] | None:
         d, task = self.d, self.task
@@ -230,9 +256,15 @@ class Trainer:
             state = task.weights_state()
             self.best.load(state, self.stop.best_epoch)
             task.load_weights_state(state)
+        steps = 2 if self.inp.export is not None else 1
+        bar = progress("train: test, export", "steps", total=steps) if d.rank == 0 else None
         t3 = time.perf_counter()
         test = task.evaluate("test")
         self.eval_s += time.perf_counter() - t3
+        if bar is not None:
+            bar.set_postfix_str(", ".join(f"test {k} {v:.4f}" for k, v in test.items()
+                                          if k == select), refresh=False)
+            bar.update(1)
         snapshot_uri = export_s = None
         if self.inp.export is not None:
             from recalign.train.export import commit_export
@@ -247,6 +279,10 @@ class Trainer:
                                              inputs=self.inp.manifest.get("inputs", {}),
                                              config_hash=self.inp.manifest.get("config_hash", ""))
             export_s = time.perf_counter() - t4
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
         rss = d.gather_objects(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         if d.rank != 0:
             return None

@@ -1,0 +1,107 @@
+"""Progress a person can follow: plain lines with count/total, rate and ETA off a terminal, at
+least one line per interval even when no update comes, a bar on a terminal, none when disabled;
+and the jobs (ingest, train) really print them into a log."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from recalign.progress import LineProgress, progress
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_lines_report_count_total_rate_and_eta() -> None:
+    buf = io.StringIO()
+    bar = progress("profiles", "profiles", total=10, file=buf, interval=3600)
+    assert isinstance(bar, LineProgress)
+    bar.update(4)  # inside the interval: no line yet
+    time.sleep(0.05)
+    bar.set_postfix(ok=4, failed=0)
+    bar.close()
+    lines = buf.getvalue().splitlines()
+    # one line when the stage opens, one with the final count at close — nothing in between
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("profiles: 0/10 profiles (0%)")
+    assert "ETA unknown" in lines[0]
+    last = lines[1]
+    assert last.startswith("profiles: 4/10 profiles (40%)")
+    rate = float(re.search(r"([\d.]+) profiles/s", last).group(1))
+    assert 4 / 5.0 < rate < 4 / 0.05 + 1  # 4 done in (0.05 s, a few s): the mean rate
+    eta = re.search(r"ETA (\d\d):(\d\d)", last)
+    assert eta is not None  # 6 left at that rate
+    assert "failed=0, ok=4" in last
+    assert "\r" not in buf.getvalue()  # a log, not terminal redraws
+
+
+def test_heartbeat_prints_while_no_update_comes() -> None:
+    buf = io.StringIO()
+    with progress("embed", "texts", total=100, file=buf, interval=0.2) as bar:
+        bar.update(10)
+        time.sleep(1.1)  # one long batch: the log must not stay silent
+    lines = buf.getvalue().splitlines()
+    heartbeats = [ln for ln in lines if ln.startswith("embed: 10/100 texts")]
+    assert len(heartbeats) >= 3, lines
+    assert lines[-1].startswith("embed: 10/100 texts (10%)")  # close prints the final count once
+    assert len(lines) < 12  # bounded by the interval, not one line per poll
+
+
+def test_terminal_gets_a_bar_and_disabled_prints_nothing(monkeypatch) -> None:
+    tty = _Tty()
+    bar = progress("x", "it", total=3, file=tty)
+    assert type(bar) is tqdm and not bar.disable
+    bar.update(3)
+    bar.close()
+    assert "\r" in tty.getvalue() and "3/3" in tty.getvalue()
+    quiet = io.StringIO()
+    with progress("x", "it", total=3, file=quiet, disable=True) as bar:
+        bar.update(3)
+    monkeypatch.setenv("RECALIGN_PROGRESS", "0")
+    with progress("x", "it", total=3, file=quiet) as bar:
+        bar.update(3)
+    assert quiet.getvalue() == ""
+
+
+def _job(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RECALIGN_PROGRESS_INTERVAL": "0.05"}
+    env.pop("RECALIGN_PROGRESS", None)
+    return subprocess.run([sys.executable, "-m", "recalign.jobs.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_jobs_print_progress_lines_into_a_log(tmp_path: Path) -> None:
+    sets = ["--set", "data.source=synthetic", "--set", "data.synthetic.users=120",
+            "--set", "data.synthetic.items=80", "--set", "data.synthetic.interactions=1500", "--set", "data.split.method=user",
+            "--set", f"output.root={tmp_path / 'root'}"]
+    ing = _job(["ingest", *sets], tmp_path)
+    assert ing.returncode == 0, ing.stderr
+    rows = json.loads(ing.stdout.strip().splitlines()[-1])["counts"]
+    total_rows = sum(rows.values()) if isinstance(rows, dict) else rows
+    assert re.search(r"^ingest: [\d,]+ rows", ing.stderr, re.M), ing.stderr
+    assert total_rows > 0
+    tr = _job(["train", *sets, "--set", "train.max_epochs=4", "--set", "train.eval_every=2"],
+              tmp_path)
+    assert tr.returncode == 0, tr.stderr
+    summary = json.loads(tr.stdout.strip().splitlines()[-1])
+    done = [ln for ln in tr.stderr.splitlines() if ln.startswith("train: 4/4 epochs (100%)")]
+    assert done, tr.stderr
+    # the last line names the loss and the last validation, equal to the run's own figures
+    best = summary["valid"]["recall@20"]
+    assert f"best {best:.4f} @ {summary['best_epoch']}" in done[-1]
+    assert re.search(r"loss \d+\.\d{4}", done[-1])
+    test_line = [ln for ln in tr.stderr.splitlines() if ln.startswith("train: test, export: 2/2")]
+    assert test_line and f"test recall@20 {summary['test']['recall@20']:.4f}" in test_line[-1]

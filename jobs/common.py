@@ -29,12 +29,29 @@ def emit_summary(summary: dict[str, Any]) -> None:
     print(json.dumps(summary, sort_keys=True, default=str), flush=True)
 
 
+def _storage_failure(exc: BaseException) -> str | None:
+    """A one-paragraph message for an OS / S3 client error that escaped a job (permission
+    denied, disk full, read-only file system, no credentials, ...), or None for anything else,
+    which keeps its traceback."""
+    from recalign.storage.uri import explain_failure  # fsspec / pyarrow: only on this path
+
+    where = getattr(exc, "filename", None)
+    return explain_failure(str(where) if where else None, exc)
+
+
 def run_job(args: argparse.Namespace, run: RunFn) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         summary = run(cfg, args)
     except RecalignError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        # last line of defence: storage the job did not translate is still an input problem
+        msg = _storage_failure(exc)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
         return 2
     emit_summary(summary)
     return 0

@@ -1,6 +1,8 @@
 """recalign ingest: read any source, validate, map ids, split, write a dataset snapshot.
 
-A second run on unchanged input and config writes nothing new and says so.
+A second run on unchanged input and config writes nothing new and says so. The summary's
+``split`` says which split method was used and where it came from: ``config`` (the user's),
+``files`` (the default for a source whose files carry a split, e.g. rlmrec) or ``default``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     store = SnapshotStore(cfg.output.root)
+    split = cfg.data.split_origin()
+    if split["origin"] == "files":
+        print(f"ingest: split.method given: the {cfg.data.source} files carry their own "
+              f"train/valid/test split (set data.split.method to re-split)", file=sys.stderr)
     with progress("ingest", "rows") as bar:
         summary = ingest_to_snapshot(cfg, store, force=getattr(args, "force", False), progress=bar)
     if summary["skipped"]:
@@ -33,6 +39,7 @@ def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     else:
         removed = store.gc(summary["dataset"], "dataset", cfg.output.keep_versions)
         summary["gc_removed"] = removed
+    summary["split"] = split
     return summary
 
 

@@ -329,3 +329,93 @@ def test_ingest_to_s3_root(tmp_path: Path, s3_bucket: str) -> None:
     assert ingest_to_snapshot(cfg, store)["skipped"]
     ds = read_dataset(store.open("s3ds", "dataset"))
     assert ds.counts() == first["counts"] == load_dataset(cfg.data).counts()
+
+
+# --------------------------------------------------------------------------------------------
+# a source whose files carry a split keeps it unless the config chooses another method
+# --------------------------------------------------------------------------------------------
+
+def write_rlmrec(folder: Path, n_users: int = 40, n_items: int = 30) -> dict[str, int]:
+    """RLMRec's three pickled matrices with a deliberately uneven split (not 3:1:1)."""
+    import pickle
+
+    import scipy.sparse as sp
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    pairs = np.array([(u, i) for u in range(n_users)
+                      for i in rng.choice(n_items, 8, replace=False)])
+    # per user: 5 train, 2 valid, 1 test
+    by_pos = np.tile(np.arange(8), n_users)
+    parts = {"trn_mat.pkl": pairs[by_pos < 5], "val_mat.pkl": pairs[(by_pos >= 5) & (by_pos < 7)],
+             "tst_mat.pkl": pairs[by_pos == 7]}
+    for name, p in parts.items():
+        m = sp.coo_matrix((np.ones(len(p)), (p[:, 0], p[:, 1])), shape=(n_users, n_items))
+        (folder / name).write_bytes(pickle.dumps(m))
+    return {"train": 5 * n_users, "valid": 2 * n_users, "test": n_users}
+
+
+def test_rlmrec_keeps_the_files_split_unless_chosen(tmp_path: Path) -> None:
+    import argparse
+
+    from recalign.jobs import ingest as ingest_job
+
+    folder = tmp_path / "rlmrec-yelp"
+    files = write_rlmrec(folder)
+    base = ["data.source=rlmrec", f"data.path={folder}", f"output.root={tmp_path / 'root'}"]
+    summary = ingest_job.run(load_config(None, base), argparse.Namespace(force=False))
+    assert {k: summary["counts"][k] for k in files} == files
+    assert summary["split"] == {"method": "given", "origin": "files"}
+    assert summary["dataset"] == "rlmrec-yelp"  # not rlmrec-rlmrec-yelp
+    snap = SnapshotStore(str(tmp_path / "root")).open("rlmrec-yelp", "dataset")
+    assert snap.manifest["data_config"]["split"]["method"] == "given"
+    # an explicit choice wins, and is reported as the config's
+    chosen = load_config(None, [*base, "data.split.method=random"])
+    summary = ingest_job.run(chosen, argparse.Namespace(force=False))
+    assert summary["split"] == {"method": "random", "origin": "config"}
+    assert summary["counts"]["train"] != files["train"]
+    given = load_config(None, [*base, "data.split.method=given"]).data
+    assert given.split_origin() == {"method": "given", "origin": "config"}
+
+
+def test_split_defaults_per_source(tmp_path: Path) -> None:
+    # unisrec's .train/.valid/.test.inter carry a split too; the others do not
+    for source, method in (("rlmrec", "given"), ("unisrec", "given"), ("csv", "random"),
+                           ("parquet", "random"), ("movielens", "random"),
+                           ("amazon-sequences", "random"), ("synthetic", "random")):
+        cfg = DataConfig(source=source, path=str(tmp_path))
+        assert cfg.split.method == method, source
+        assert cfg.split_origin()["origin"] == ("files" if method == "given" else "default")
+    # another split setting alone does not count as choosing the method
+    seeded = DataConfig(source="rlmrec", path=str(tmp_path), split={"seed": 3})
+    assert seeded.split.method == "given"
+    # a source changed after validation takes its own default back
+    cfg = DataConfig(source="rlmrec", path=str(tmp_path))
+    cfg.source = "csv"
+    assert cfg.split.method == "random" and cfg.split_origin()["origin"] == "default"
+
+
+def test_unaffected_fingerprints_and_names_are_unchanged(tmp_path: Path) -> None:
+    """Adding per-source split defaults must not re-ingest any existing snapshot whose source
+    keeps the random default (values computed before the change)."""
+    from recalign.data.ingest import input_fingerprint
+
+    assert input_fingerprint(DataConfig()) == "1f1ed47238cd5e6d"
+    assert input_fingerprint(DataConfig(split={"method": "user"}, synthetic={
+        "users": 100, "items": 50, "interactions": 1000})) == "209bf8449412e65e"
+    assert DataConfig(source="csv", path=str(tmp_path)).model_dump()["split"] == {
+        "method": "random", "ratios": (0.6, 0.2, 0.2), "seed": 2023}
+    # names: the source prefixes a folder name unless the name already starts with it
+    named = {("csv", "d"): "csv-d", ("rlmrec", "rlmrec-yelp"): "rlmrec-yelp",
+             ("rlmrec", "Yelp"): "rlmrec-yelp", ("movielens", "ml-1m"): "movielens-ml-1m",
+             ("unisrec", "unisrecord"): "unisrec-unisrecord", ("rlmrec", "RLMRec"): "rlmrec"}
+    for (source, folder), want in named.items():
+        (tmp_path / folder).mkdir(exist_ok=True)
+        assert DataConfig(source=source, path=str(tmp_path / folder)).dataset_name() == want
+
+
+def test_empty_csv_rating_fails_the_ingest(tmp_path: Path) -> None:
+    (tmp_path / "interactions.csv").write_text("user_id,item_id,rating\na,x,4\nb,y,\n")
+    with pytest.raises(DataError, match=r"interactions\.csv, row 1, column 'rating': empty "
+                                        r"rating field"):
+        load_dataset(DataConfig(source="csv", path=str(tmp_path)))

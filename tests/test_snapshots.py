@@ -3,6 +3,7 @@ a real S3-compatible server on loopback (the `snapshot_root` fixture runs every 
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 
 from recalign.errors import SnapshotError
 from recalign.storage.snapshot import SnapshotStore
-from recalign.storage.uri import fsspec_filesystem, join
+from recalign.storage.uri import StorageError, fsspec_filesystem, join, storage_error
 
 
 def _table(n: int, offset: int = 0) -> pa.Table:
@@ -154,3 +155,62 @@ def test_latest_pointer_is_one_small_object(snapshot_root: str) -> None:
         assert f.read().strip() == v
     leftovers = [p for p in fs.ls(path.rsplit("/", 1)[0], detail=False) if ".LATEST." in p]
     assert leftovers == []
+
+
+# --------------------------------------------------------------------------------------------
+# storage failures: a StorageError naming the URI and what to check, never a credential
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("code, expect", [
+    (errno.ENOSPC, "no space left on the device"),
+    (errno.EROFS, "read-only file system"),
+    (errno.EACCES, "permission denied"),
+])
+def test_disk_failures_name_the_uri(tmp_path, monkeypatch: pytest.MonkeyPatch, code: int,
+                                    expect: str) -> None:
+    import recalign.storage.snapshot as snapshot_mod
+
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    store = SnapshotStore(str(tmp_path / "root"))
+    w = store.begin("ds", "a")
+    monkeypatch.setattr(snapshot_mod.pq, "write_table", fail)
+    with pytest.raises(StorageError) as exc:
+        w.write_table("t", _table(2))
+    msg = str(exc.value)
+    assert msg.startswith(f"{tmp_path / 'root'}/ds/a/v=") and "writing this part failed" in msg
+    assert expect in msg and "\n" not in msg
+    assert isinstance(exc.value, SnapshotError)  # callers that caught SnapshotError still do
+
+
+def test_root_under_a_file_is_a_storage_error(tmp_path) -> None:
+    (tmp_path / "f").write_text("x")
+    store = SnapshotStore(str(tmp_path / "f" / "root"))
+    with pytest.raises(StorageError, match=r"f/root/ds/a/LATEST: reading failed: a part of "
+                                           r"this path is a file, not a folder"):
+        store.latest_version("ds", "a")
+    with pytest.raises(StorageError, match="a part of this path is a file"):
+        store.begin("ds", "a").write_table("t", _table(1))
+
+
+def test_s3_failures_say_what_to_check_without_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    secret = "s3cr3t-VALUE-never-printed"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://user:{secret}@127.0.0.1:9")
+    uri = "s3://bucket/x/ds/a/LATEST"
+    msg = str(storage_error(uri, "reading", NoCredentialsError()))
+    assert msg.startswith(f"{uri}: reading failed: no usable AWS credentials")
+    assert "AWS_ACCESS_KEY_ID" in msg and "AWS_PROFILE" in msg
+    msg = str(storage_error(uri, "reading", EndpointConnectionError(
+        endpoint_url=f"http://user:{secret}@127.0.0.1:9/bucket/x")))
+    assert "the S3 endpoint http://127.0.0.1:9 did not answer" in msg and secret not in msg
+    # s3fs raises an S3 AccessDenied response as a PermissionError caused by the ClientError
+    denied = PermissionError(f"Access Denied for key {secret}")
+    denied.__cause__ = ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}},
+                                   "PutObject")
+    msg = str(storage_error("s3://bucket/x", "writing", denied))
+    assert "access denied by the S3 store" in msg and secret not in msg
+    assert "may read and write this bucket" in msg

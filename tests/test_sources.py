@@ -161,7 +161,7 @@ def test_csv_happy_path(tmp_path):
     write(tmp_path / "interactions.csv",
           "user_id,item_id,rating,timestamp,review,split,extra\n"
           "007,10,4.5,100,great,train,x\n"
-          "007,11,,101,,valid,x\n"
+          "007,11,2,101,,valid,x\n"
           "NA,10, 3 ,102,\"a, b\",test,x\n")
     write(tmp_path / "items.csv",
           'item_id,title,description,attributes\n10,Ten,,"{""color"": ""red""}"\n11,Eleven,d,\n')
@@ -171,7 +171,7 @@ def test_csv_happy_path(tmp_path):
     assert t.to_pylist() == [
         {"user_key": "007", "item_key": "10", "rating": 4.5, "timestamp": 100,
          "review": "great", "split": "train"},
-        {"user_key": "007", "item_key": "11", "rating": None, "timestamp": 101,
+        {"user_key": "007", "item_key": "11", "rating": 2.0, "timestamp": 101,
          "review": None, "split": "valid"},
         {"user_key": "NA", "item_key": "10", "rating": 3.0, "timestamp": 102,
          "review": "a, b", "split": "test"},
@@ -245,6 +245,27 @@ def test_unparsable_values_name_row_and_value(tmp_path, column, bad, what):
     msg = str(exc.value)
     assert "interactions.csv" in msg and "row 2" in msg and f"column {column!r}" in msg
     assert f"cannot read {bad!r} as {what}" in msg
+
+
+def test_empty_rating_is_an_error(tmp_path, monkeypatch):
+    """An empty rating field is an error naming file, row and column (README: NaN ratings are
+    errors), also in a later batch; a file without a rating column needs none."""
+    write(tmp_path / "interactions.csv", "user_id,item_id,rating\n1,a,4\n1,b,\n2,a,3\n")
+    with pytest.raises(DataError) as exc:
+        interactions(load("csv", tmp_path))
+    msg = str(exc.value)
+    assert msg.startswith(f"{tmp_path / 'interactions.csv'}, row 1, column 'rating': empty "
+                          f"rating field (expected a finite number >= 0; rows count from 0 at "
+                          f"the first data row")
+    monkeypatch.setattr(tabular, "BATCH_ROWS", 2)
+    pq.write_table(pa.table({"user_id": ["1", "2", "3"], "item_id": ["a", "a", "a"],
+                             "rating": pa.array([1.0, 2.0, None], pa.float64())}),
+                   tmp_path / "interactions.parquet")
+    with pytest.raises(DataError, match=r"interactions\.parquet, row 2, column 'rating': null "
+                                        r"rating"):
+        interactions(load("parquet", tmp_path))
+    write(tmp_path / "interactions.csv", "user_id,item_id\n1,a\n")
+    assert interactions(load("csv", tmp_path))["rating"].null_count == 1
 
 
 def test_bad_split_value(tmp_path):

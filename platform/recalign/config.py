@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
+                      ValidationInfo, field_validator, model_validator)
 
 from recalign.errors import ConfigError
 
@@ -21,12 +21,22 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# sources whose files carry their own train/valid/test split (RLMRec's trn/val/tst_mat.pkl,
+# UniSRec's .train/.valid/.test.inter): split.method defaults to given for them, because
+# re-splitting a published split at random silently changes the benchmark
+SPLIT_GIVEN_SOURCES = frozenset({"rlmrec", "unisrec"})
+
+
 class SplitConfig(Section):
     method: Literal["given", "random", "user", "loo"] = Field(
         "random", description="given: from the source; random: per interaction with ratios; "
-        "user: per user with ratios (>=1 valid and test item); loo: leave-one-out by time")
+        "user: per user with ratios (>=1 valid and test item); loo: leave-one-out by time. "
+        "Default: given for sources whose files carry a split (rlmrec, unisrec), else random")
     ratios: tuple[float, float, float] = (0.6, 0.2, 0.2)
     seed: int = 2023
+    # "default" when DataConfig set ``method`` for its source (the assignment marks the field
+    # as set, so model_fields_set alone cannot tell the user's choice from ours)
+    _origin: str | None = PrivateAttr(None)
 
     @field_validator("ratios")
     @classmethod
@@ -103,6 +113,30 @@ class DataConfig(Section):
             raise ValueError(f"data.path is required for source {self.source!r}")
         return self
 
+    @model_validator(mode="after")
+    def _split_default(self) -> "DataConfig":
+        # resolved here (not at ingest) so that the dumped config, and with it the ingest
+        # fingerprint and config hashes, names the method actually used; unchanged for every
+        # source that keeps the random default
+        s = self.split
+        if "method" in s.model_fields_set and s._origin is None:
+            return self  # chosen in the config: it wins
+        want = "given" if self.source in SPLIT_GIVEN_SOURCES else "random"
+        if s.method != want:  # also when the source changed after we chose
+            s.method = want
+            s._origin = "default"
+        return self
+
+    def split_origin(self) -> dict[str, str]:
+        """The split method and who chose it, for summaries: ``config`` (the user), ``files``
+        (the default for a source whose files carry a split) or ``default`` (random)."""
+        s = self.split
+        if "method" in s.model_fields_set and s._origin is None:
+            origin = "config"
+        else:
+            origin = "files" if s.method == "given" else "default"
+        return {"method": s.method, "origin": origin}
+
     def dataset_name(self) -> str:
         if self.name:
             return self.name
@@ -110,8 +144,11 @@ class DataConfig(Section):
             s = self.synthetic
             order = f"-{s.order}{s.order_strength:g}" if s.order != "none" else ""
             return f"synthetic-u{s.users}-i{s.items}-n{s.interactions}-s{s.seed}{order}"
-        stem = Path(str(self.path).rstrip("/")).name or self.source
-        return f"{self.source}-{stem}".lower()
+        stem = (Path(str(self.path).rstrip("/")).name or self.source).lower()
+        # a folder already named after its source (rlmrec-yelp) is not prefixed twice
+        if stem == self.source or stem.startswith(f"{self.source}-"):
+            return stem
+        return f"{self.source}-{stem}"
 
 
 class ModelConfig(Section):
@@ -435,6 +472,10 @@ class NightlyConfig(Section):
                              "night's rows (train.warm_start)")
     compare_base: bool = Field(False, description="train: also train the backbone without "
                                "alignment (artifact <train.artifact>-base), for the report")
+    compare_seeds: int = Field(1, ge=1, le=10, description="train: with compare_base, train "
+                               "both runs with this many seeds (train.seed, +1, ...) for the "
+                               "report's seed spread; extra seeds export to "
+                               "<artifact>-seed<s>, the first seed's runs stay the night's output")
 
 
 class Config(Section):

@@ -23,6 +23,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -34,25 +35,22 @@ import pyarrow.parquet as pq
 
 from recalign import __version__
 from recalign.errors import SnapshotError
-from recalign.storage.uri import arrow_filesystem, fsspec_filesystem, join, split_uri
+from recalign.storage.uri import (arrow_filesystem, fsspec_filesystem, join, split_uri,
+                                  storage_error, storage_exceptions)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _VERSION = re.compile(r"^v=\d{8}T\d{6}-[A-Za-z0-9_-]+$")
 MANIFEST, SUCCESS, LATEST = "manifest.json", "_SUCCESS", "LATEST"
 
 
-def _io_errors() -> tuple[type[BaseException], ...]:
-    """What storage I/O raises: OSError (pyarrow, fsspec, s3fs), botocore's own errors."""
+@contextmanager
+def _storage(uri: str, what: str) -> Iterator[None]:
+    """Storage failures inside (no credentials, dead endpoint, access denied, disk full or
+    read-only, the object store went away) as a StorageError naming ``uri``."""
     try:
-        from botocore.exceptions import BotoCoreError
-    except ImportError:
-        return (OSError,)
-    return (OSError, BotoCoreError)
-
-
-def _io_failed(uri: str, what: str, exc: BaseException) -> SnapshotError:
-    """An I/O error (e.g. the object store went away) as a SnapshotError naming the URI."""
-    return SnapshotError(f"{uri}: {what} failed ({type(exc).__name__}: {exc})")
+        yield
+    except storage_exceptions() as exc:
+        raise storage_error(uri, what, exc) from exc
 
 
 def _check_name(kind: str, name: str) -> str:
@@ -112,14 +110,15 @@ class Snapshot:
         paths = [split_uri(u)[1] for u in self.part_uris(table)]
         if not paths:
             return pa.schema([]).empty_table()
-        tables = [pq.read_table(p, filesystem=fs, columns=columns) for p in paths]
+        with _storage(join(self.uri, table), "reading this table"):
+            tables = [pq.read_table(p, filesystem=fs, columns=columns) for p in paths]
         return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
     def iter_batches(self, table: str, batch_size: int = 65536,
                      columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
         fs, _ = arrow_filesystem(self.uri)
         for uri in self.part_uris(table):
-            with fs.open_input_file(split_uri(uri)[1]) as f:
+            with _storage(uri, "reading this part"), fs.open_input_file(split_uri(uri)[1]) as f:
                 yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
 
     def rows(self, table: str) -> int:
@@ -152,12 +151,10 @@ class SnapshotWriter:
         parts = self._parts.setdefault(table_name, [])
         name = f"{self.part_prefix}-{len(parts):05d}.parquet"
         uri = join(self.uri, table_name, name)
-        try:
+        with _storage(uri, "writing this part"):
             fs, path = arrow_filesystem(uri)
             fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
             pq.write_table(table, path, filesystem=fs)
-        except _io_errors() as exc:
-            raise _io_failed(uri, "writing this part", exc) from exc
         parts.append(name)
         self._rows[table_name] = self._rows.get(table_name, 0) + table.num_rows
         prev = self._schemas.get(table_name)
@@ -175,28 +172,30 @@ class SnapshotWriter:
     def write_json(self, name: str, obj: Any) -> None:
         """A small side file in the version folder (e.g. curves); listed in the manifest."""
         _check_name("file", name)
-        fs, path = fsspec_filesystem(join(self.uri, name))
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        with fs.open(path, "w") as f:
-            json.dump(obj, f, indent=1)
+        uri = join(self.uri, name)
+        with _storage(uri, "writing this file"):
+            fs, path = fsspec_filesystem(uri)
+            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            with fs.open(path, "w") as f:
+                json.dump(obj, f, indent=1)
 
     def write_bytes(self, name: str, data: bytes) -> None:
         _check_name("file", name)
-        fs, path = fsspec_filesystem(join(self.uri, name))
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        with fs.open(path, "wb") as f:
-            f.write(data)
+        uri = join(self.uri, name)
+        with _storage(uri, "writing this file"):
+            fs, path = fsspec_filesystem(uri)
+            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            with fs.open(path, "wb") as f:
+                f.write(data)
 
     def commit(self, *, inputs: dict[str, str] | None = None, config_hash: str | None = None,
                fingerprint: str | None = None, extra: dict[str, Any] | None = None,
                extra_parts: list[dict[str, dict[str, Any]]] | None = None,
                move_latest: bool = True) -> Snapshot:
         """manifest.json -> _SUCCESS -> LATEST. Parts from other writers come in ``extra_parts``."""
-        try:
+        with _storage(self.uri, "committing this version"):
             return self._commit(inputs=inputs, config_hash=config_hash, fingerprint=fingerprint,
                                 extra=extra, extra_parts=extra_parts, move_latest=move_latest)
-        except _io_errors() as exc:
-            raise _io_failed(self.uri, "committing this version", exc) from exc
 
     def _commit(self, *, inputs: dict[str, str] | None, config_hash: str | None,
                 fingerprint: str | None, extra: dict[str, Any] | None,
@@ -264,10 +263,8 @@ class SnapshotStore:
 
     def set_latest(self, dataset: str, artifact: str, version: str) -> None:
         uri = self.artifact_uri(dataset, artifact)
-        try:
+        with _storage(join(uri, LATEST), f"pointing LATEST at {version}"):
             self._set_latest(uri, version)
-        except _io_errors() as exc:
-            raise _io_failed(join(uri, LATEST), f"pointing LATEST at {version}", exc) from exc
 
     def _set_latest(self, artifact_uri: str, version: str) -> None:
         fs, base = fsspec_filesystem(artifact_uri)
@@ -283,12 +280,14 @@ class SnapshotStore:
                 f.write(version + "\n")
 
     def latest_version(self, dataset: str, artifact: str) -> str | None:
+        uri = join(self.artifact_uri(dataset, artifact), LATEST)
         fs, base = fsspec_filesystem(self.artifact_uri(dataset, artifact))
-        try:
-            with fs.open(f"{base}/{LATEST}", "r") as f:
-                version = f.read().strip()
-        except FileNotFoundError:
-            return None
+        with _storage(uri, "reading"):
+            try:
+                with fs.open(f"{base}/{LATEST}", "r") as f:
+                    version = f.read().strip()
+            except FileNotFoundError:
+                return None
         if not _VERSION.match(version):
             raise SnapshotError(f"{base}/{LATEST} names an invalid version {version!r}")
         return version
@@ -304,10 +303,12 @@ class SnapshotStore:
             raise SnapshotError(f"invalid version name {version!r} (expected v=YYYYMMDDTHHMMSS-ID)")
         uri = join(art, version)
         fs, base = fsspec_filesystem(uri)
-        if not fs.exists(f"{base}/{SUCCESS}"):
-            raise SnapshotError(f"{uri}: incomplete snapshot (no {SUCCESS}); refusing to read it")
-        with fs.open(f"{base}/{MANIFEST}", "r") as f:
-            manifest = json.load(f)
+        with _storage(uri, "opening this snapshot"):
+            if not fs.exists(f"{base}/{SUCCESS}"):
+                raise SnapshotError(f"{uri}: incomplete snapshot (no {SUCCESS}); refusing to "
+                                    f"read it")
+            with fs.open(f"{base}/{MANIFEST}", "r") as f:
+                manifest = json.load(f)
         return Snapshot(uri, manifest)
 
     def try_open(self, dataset: str, artifact: str) -> Snapshot | None:
@@ -317,22 +318,25 @@ class SnapshotStore:
 
     def list_versions(self, dataset: str, artifact: str) -> list[VersionInfo]:
         """Every version folder, oldest first (committed ones by their manifest time)."""
-        fs, base = fsspec_filesystem(self.artifact_uri(dataset, artifact))
-        try:
-            entries = fs.ls(base, detail=False)
-        except FileNotFoundError:
-            return []
+        art = self.artifact_uri(dataset, artifact)
+        fs, base = fsspec_filesystem(art)
+        with _storage(art, "listing versions"):
+            try:
+                entries = fs.ls(base, detail=False)
+            except FileNotFoundError:
+                return []
         latest = self.latest_version(dataset, artifact)
         out = []
         for entry in entries:
             name = entry.rstrip("/").rsplit("/", 1)[-1]
             if not _VERSION.match(name):
                 continue
-            committed = fs.exists(f"{base}/{name}/{SUCCESS}")
-            created = None
-            if committed:
-                with fs.open(f"{base}/{name}/{MANIFEST}", "r") as f:
-                    created = json.load(f).get("created_at")
+            with _storage(join(art, name), "reading"):
+                committed = fs.exists(f"{base}/{name}/{SUCCESS}")
+                created = None
+                if committed:
+                    with fs.open(f"{base}/{name}/{MANIFEST}", "r") as f:
+                        created = json.load(f).get("created_at")
             out.append(VersionInfo(name, committed, name == latest, created))
         out.sort(key=lambda v: (v.created_at if v.created_at is not None else float("inf"), v.version))
         return out
@@ -350,14 +354,18 @@ class SnapshotStore:
             # a version folder without _SUCCESS that is older than LATEST belongs to a run
             # that died (a live writer's version is newer than the LATEST it started from)
             doomed += [v for v in versions if not v.committed and v.version < latest.version]
-        fs, base = fsspec_filesystem(self.artifact_uri(dataset, artifact))
+        art = self.artifact_uri(dataset, artifact)
+        fs, base = fsspec_filesystem(art)
         for v in doomed:
-            fs.rm(f"{base}/{v.version}", recursive=True)
+            with _storage(join(art, v.version), "removing this old version"):
+                fs.rm(f"{base}/{v.version}", recursive=True)
         return [v.version for v in doomed]
 
     def artifacts(self, dataset: str) -> list[str]:
-        fs, base = fsspec_filesystem(join(self.root, _check_name("dataset", dataset)))
-        try:
-            return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(base, detail=False))
-        except FileNotFoundError:
-            return []
+        uri = join(self.root, _check_name("dataset", dataset))
+        fs, base = fsspec_filesystem(uri)
+        with _storage(uri, "listing artifacts"):
+            try:
+                return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(base, detail=False))
+            except FileNotFoundError:
+                return []

@@ -11,7 +11,8 @@ become their decimal text). ``rating`` is a finite number; ``timestamp`` an inte
 seconds or any increasing integer; a Parquet timestamp/date column becomes epoch seconds);
 ``split`` is exactly ``train``, ``valid`` or ``test``; ``attributes`` a JSON object string.
 Columns not listed are ignored and named in ``RawData.report["ignored_columns"]``. Empty CSV
-fields are nulls.
+fields are nulls, except that a present ``rating`` column needs a value in every row (an empty
+or null rating is an error: the README counts NaN ratings as errors).
 
 Errors are :class:`DataError` naming the file, the row and the column. Rows are counted from 0
 at the first data row (a CSV header is not a row).
@@ -196,15 +197,14 @@ def _read_side_table(path: Path, fmt: str, expected: tuple[str, ...]) -> pa.Tabl
         raise DataError(f"cannot read {fmt}: {exc}", path=str(path)) from None
 
 
-def _finish_interactions(batch: pa.Table, *, path: str, offset: int) -> pa.Table:
+def _finish_interactions(batch: pa.Table, *, path: str, offset: int, fmt: str) -> pa.Table:
     cols: dict[str, Any] = {}
     for name in batch.column_names:
         col = batch.column(name)
         if name in RENAMES:
             cols[RENAMES[name]] = key_column(col, path=path, column=name, row_offset=offset)
         elif name == "rating":
-            cols[name] = parse_column(col, pa.float32(), path=path, column=name,
-                                      what="a rating (a finite number)", row_offset=offset)
+            cols[name] = _ratings(col, path=path, offset=offset, fmt=fmt)
         elif name == "timestamp":
             cols[name] = parse_column(col, pa.int64(), path=path, column=name,
                                       what="a timestamp (an integer)", row_offset=offset)
@@ -213,6 +213,20 @@ def _finish_interactions(batch: pa.Table, *, path: str, offset: int) -> pa.Table
         else:
             cols[name] = col
     return conform(pa.table(cols), RAW_INTERACTIONS, source=path)
+
+
+def _ratings(col: pa.Array | pa.ChunkedArray, *, path: str, offset: int, fmt: str) -> pa.Array:
+    """The rating column: every row needs one once the column is there (an empty CSV field
+    or a Parquet null / pandas NaN would otherwise pass as "no rating", uncounted)."""
+    out = parse_column(col, pa.float32(), path=path, column="rating",
+                       what="a rating (a finite number)", row_offset=offset)
+    if out.null_count:
+        idx = pc.index(pc.is_null(out), True).as_py()
+        kind = "empty rating field" if fmt == "csv" else "null rating"
+        raise DataError(f"{kind} (expected a finite number >= 0; rows count from 0 at the "
+                        f"first data row; leave the rating column out for data without "
+                        f"ratings)", path=path, row=offset + idx, column="rating")
+    return out
 
 
 def _iter_interactions(path: Path, fmt: str, columns: list[str]) -> Iterator[pa.Table]:
@@ -228,7 +242,8 @@ def _iter_interactions(path: Path, fmt: str, columns: list[str]) -> Iterator[pa.
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            yield _finish_interactions(pa.Table.from_batches([batch]), path=src, offset=offset)
+            yield _finish_interactions(pa.Table.from_batches([batch]), path=src, offset=offset,
+                                       fmt=fmt)
             offset += batch.num_rows
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"cannot read {fmt} (after row {offset}): {exc}", path=src) from None

@@ -64,11 +64,30 @@ def base_artifact(cfg: Config) -> str:
     return f"{cfg.train.artifact}-base"
 
 
+def comparing(cfg: Config) -> bool:
+    return cfg.nightly.compare_base and cfg.align.method != "none"
+
+
+def extra_seeds(cfg: Config) -> list[int]:
+    """Seeds of the comparison's extra runs (the first seed is the night's own run)."""
+    if not comparing(cfg):
+        return []
+    return [cfg.train.seed + k for k in range(1, cfg.nightly.compare_seeds)]
+
+
+def seed_config(cfg: Config, seed: int) -> Config:
+    """An extra comparison seed: its own artifact, started fresh."""
+    tree = cfg.model_dump(mode="json")
+    tree["train"].update(seed=seed, artifact=f"{cfg.train.artifact}-seed{seed}")
+    tree["nightly"]["warm_start"] = False
+    return Config.model_validate(tree)
+
+
 def outputs_of(stage: str, cfg: Config) -> list[str]:
     if stage == "train":
-        extra = [base_artifact(cfg)] if cfg.nightly.compare_base and cfg.align.method != "none" \
-            else []
-        return [cfg.train.artifact, *extra]
+        configs = [cfg, *(seed_config(cfg, s) for s in extra_seeds(cfg))]
+        return [a for c in configs
+                for a in [c.train.artifact, *([base_artifact(c)] if comparing(c) else [])]]
     return {"ingest": ["dataset"], "profiles": ["profiles"], "embed": [embed_artifact(cfg)],
             "export": [cfg.export.artifact]}[stage]
 
@@ -121,6 +140,8 @@ def stage_inputs(stage: str, cfg: Config, store: SnapshotStore, name: str) -> di
         parts: dict[str, Any] = {"dataset": latest("dataset"), "run": run_hash(cfg),
                                  "compare_base": cfg.nightly.compare_base,
                                  "artifact": cfg.train.artifact}
+        if extra_seeds(cfg):  # only when set: the keys of existing nights stay as they were
+            parts["seeds"] = [cfg.train.seed, *extra_seeds(cfg)]
         if cfg.align.method != "none":
             parts["semantic"] = {side: source_version(getattr(cfg.align.semantic, side))
                                  for side in ("users", "items")}
@@ -171,9 +192,18 @@ def run_stage(stage: str, cfg: Config, args: argparse.Namespace, hooks: Hooks
         return mod.run(cfg, _default_args(mod, **quiet), runner_factory=hooks.embed_runner)
     if stage == "train":
         mod = _job("train")
-        out = {"aligned": mod.run(train_config(cfg), _default_args(mod))}
-        if cfg.nightly.compare_base and cfg.align.method != "none":
+        out: dict[str, Any] = {"aligned": mod.run(train_config(cfg), _default_args(mod))}
+        if comparing(cfg):
             out["base"] = mod.run(train_config(cfg, base=True), _default_args(mod))
+        if extra_seeds(cfg):
+            runs = {v: [{**out[v], "seed": cfg.train.seed}] for v in ("aligned", "base")}
+            for seed in extra_seeds(cfg):
+                sc = seed_config(cfg, seed)
+                print(f"nightly: train: comparison seed {seed}", file=sys.stderr)
+                for variant, base in (("aligned", False), ("base", True)):
+                    runs[variant].append({**mod.run(train_config(sc, base=base),
+                                                    _default_args(mod)), "seed": seed})
+            out["seeds"] = runs
         return out
     mod = _job("export")
     return mod.run(cfg, _default_args(mod))
@@ -184,10 +214,16 @@ def run_stage(stage: str, cfg: Config, args: argparse.Namespace, hooks: Hooks
 def brief(stage: str, summary: dict[str, Any]) -> dict[str, Any]:
     """The figures of a stage's summary worth keeping in the night's summary."""
     if stage == "train":
-        return {k: {"test": v.get("test"), "valid": v.get("valid"), "epochs": v.get("epochs"),
-                    "snapshot": v.get("snapshot"), "run_dir": v.get("run_dir"),
-                    "warm_start": v.get("warm_start"), "seconds": v.get("seconds")}
-                for k, v in summary.items()}
+        def run_brief(v: dict[str, Any]) -> dict[str, Any]:
+            keep = ("test", "valid", "epochs", "best_epoch", "snapshot", "run_dir", "warm_start",
+                    "seconds", "seed")
+            return {k: v.get(k) for k in keep if k in v or k != "seed"}
+
+        out = {k: run_brief(v) for k, v in summary.items() if k != "seeds"}
+        if "seeds" in summary:
+            out["seeds"] = {k: [run_brief(r) for r in runs]
+                            for k, runs in summary["seeds"].items()}
+        return out
     keep = ("skipped", "snapshot", "version", "counts", "requests", "ok", "retried", "failed",
             "prompt_tokens", "completion_tokens", "embedded", "reused", "recall", "kind",
             "seconds", "reason")

@@ -300,3 +300,40 @@ def test_report_from_markers(tmp_path: Path) -> None:
     text = Path(uri).read_text()
     assert "| test recall@20: base / aligned | 0.4 / 0.42 (+5.0 %) |" in text
     assert (tmp_path / "ds" / "report" / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_seeds_trains_each_seed_of_both_runs(tmp_path: Path) -> None:
+    """``nightly.compare_seeds: 2``: base and aligned each with train.seed and train.seed + 1;
+    the first seed's runs are the night's output, the extra seed exports to its own artifacts,
+    and every run is in the marker for the report's seed spread."""
+    root = tmp_path / "root"
+    tree = raw_config(root, nightly={"stages": ["ingest", "embed", "train"],
+                                     "compare_base": True, "compare_seeds": 2},
+                      train={"max_epochs": 3, "eval_every": 1, "seed": 11})
+    cfg = Config.model_validate(tree)
+    embed = CountingEmbed()
+    night = nightly.run(cfg, args(), nightly.Hooks(embed_runner=embed.factory))
+    tr = night["stages"][-1]["summary"]
+    seeds = tr["seeds"]
+    assert [r["seed"] for r in seeds["aligned"]] == [11, 12]
+    assert [r["seed"] for r in seeds["base"]] == [11, 12]
+    # the first seed's entries are the night's own runs
+    assert seeds["aligned"][0]["test"] == tr["aligned"]["test"]
+    assert seeds["base"][0]["snapshot"] == tr["base"]["snapshot"]
+    # another seed is another run: other initialisation, other numbers
+    assert seeds["aligned"][1]["test"] != seeds["aligned"][0]["test"]
+    assert seeds["base"][1]["test"] != seeds["aligned"][1]["test"]
+    store = SnapshotStore(str(root))
+    marker = MarkerStore(str(root), "tiny").get("train")
+    assert marker is not None
+    assert set(marker.outputs) == {"embeddings", "embeddings-base", "embeddings-seed12",
+                                   "embeddings-seed12-base"}
+    assert marker.outputs["embeddings"] == store.latest_version("tiny", "embeddings")
+    assert seeds["aligned"][1]["snapshot"].endswith(
+        f"embeddings-seed12/{marker.outputs['embeddings-seed12']}")
+    # the extra seed started fresh (no warm start) even though the night's runs may warm-start
+    assert seeds["aligned"][1]["warm_start"] is None
+    # unchanged config: skipped; a different seed count is a different train stage
+    assert nightly.run(cfg, args(dry_run=True))["stages"][-1]["action"] == "skip"
+    more = Config.model_validate({**tree, "nightly": {**tree["nightly"], "compare_seeds": 3}})
+    assert nightly.run(more, args(dry_run=True))["stages"][-1]["action"] == "run"

@@ -58,7 +58,7 @@ def demo_cfg(args: argparse.Namespace) -> Config:
 
 def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     from recalign.jobs import nightly
-    from recalign.pipeline.report import gather, table_rows, write_report
+    from recalign.pipeline.report import gather, table_rows, write_reports
 
     cfg = demo_cfg(args)
     # the demo prints a table at the end: keep vLLM's and Ray's per-worker INFO logs out of it
@@ -71,7 +71,8 @@ def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     if night["dry_run"]:
         return night
     fig = gather(cfg.output.root, night["dataset"], night)
-    report = write_report(cfg.output.root, night["dataset"], fig)
+    uris = write_reports(cfg.output.root, night["dataset"], fig)
+    report = uris["markdown"]
     rows = table_rows(fig)
     try:
         from rich.console import Console
@@ -86,8 +87,9 @@ def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     except ImportError:  # rich is a dependency; plain text if it is ever missing
         for k, v in rows:
             print(f"{k:40s} {v}", file=sys.stderr)
-    print(f"demo: report {report}", file=sys.stderr)
-    return {**night, "job": "demo", "report": report, "results": dict(rows)}
+    print(f"demo: report {uris['html']} (Markdown: {report})", file=sys.stderr)
+    return {**night, "job": "demo", "report": report, "report_html": uris["html"],
+            "results": dict(rows)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -226,7 +226,7 @@ def brief(stage: str, summary: dict[str, Any]) -> dict[str, Any]:
         return out
     keep = ("skipped", "snapshot", "version", "counts", "requests", "ok", "retried", "failed",
             "prompt_tokens", "completion_tokens", "embedded", "reused", "recall", "kind",
-            "seconds", "reason")
+            "seconds", "reason", "generation_s", "engine_startup_s", "first_result_s")
     return {k: summary[k] for k in keep if k in summary}
 
 

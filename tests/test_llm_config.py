@@ -77,3 +77,21 @@ def test_models_prepare_job_and_checksums(model_dir: str, tmp_path: Path) -> Non
     assert resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct") == "HuggingFaceTB/SmolLM2-360M-Instruct"
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_model("./no/such/folder")
+
+
+def test_auto_dtype_on_cpu_follows_native_bf16(monkeypatch) -> None:
+    """``llm.dtype: auto`` on a CPU: bf16 only where the CPU multiplies it natively, float32 on
+    an AVX2-only CPU (emulated bf16 is slower there); an explicit dtype is kept."""
+    import torch
+
+    from recalign.llm.engines import transformers_engine, vllm_engine
+
+    for native, want in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda n=native: n)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert engine_args(LLMConfig(), "m")["dtype"] == want
+        assert engine_args(LLMConfig(dtype="bfloat16"), "m")["dtype"] == "bfloat16"
+        assert vllm_engine.resolve_dtype("float16") == "float16"
+        assert transformers_engine._torch_dtype("auto", cuda=False) == getattr(torch, want)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)  # AMX alone: native
+    assert engine_args(LLMConfig(), "m")["dtype"] == "bfloat16"

@@ -22,7 +22,11 @@ from recalign.llm.schemas import engine_schema
 def _torch_dtype(name: str, cuda: bool) -> Any:
     import torch
     if name == "auto":
-        return torch.bfloat16 if not cuda or torch.cuda.is_bf16_supported() else torch.float16
+        if not cuda:  # emulated bf16 on a CPU without AVX512-BF16/AMX is slower than fp32
+            from recalign.align.precision import native_bf16
+
+            return torch.bfloat16 if native_bf16("cpu") else torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "half": torch.float16,
             "float32": torch.float32, "float": torch.float32}[name]
 

@@ -38,10 +38,22 @@ def vllm_environment(kv_cache_gib: int, model_path: str) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub access
 
 
+def resolve_dtype(dtype: str) -> str:
+    """``auto`` on a CPU: bf16 only where the CPU multiplies it natively (AVX512-BF16, AMX).
+    vLLM's own ``auto`` takes the checkpoint's bf16, which an AVX2-only CPU emulates: measured
+    with the demo's prompts, float32 is 1.3x faster there (docs/results.md, issue 22), while on
+    an AVX512-BF16 CPU bf16 is 3.2x faster than float32."""
+    if dtype != "auto" or not cpu_only():
+        return dtype
+    from recalign.align.precision import native_bf16
+
+    return "bfloat16" if native_bf16("cpu") else "float32"
+
+
 def engine_args(cfg: Any, model_path: str) -> dict[str, Any]:
     kw: dict[str, Any] = {
         "model": model_path,
-        "dtype": cfg.dtype,
+        "dtype": resolve_dtype(cfg.dtype),
         "max_model_len": cfg.max_model_len,
         "max_num_seqs": cfg.max_num_seqs,
         "enforce_eager": cfg.enforce_eager,

@@ -222,3 +222,53 @@ def test_samples_do_not_move_when_another_item_changes(tmp_path: Path, tokenizer
     assert {k for k in ia if ia[k] != ib[k]} == {"i7"}
     changed_users = {k for k in ua if ua[k][0] != ub[k][0]}
     assert changed_users == {k for k in ua if "Garden Book 7\"" in ua[k][1]}
+
+
+def test_item_with_description_and_attributes_gets_both() -> None:
+    """An item with a description and attributes (the demo's synthetic items, a CSV with both):
+    the attributes go into the prompt beside the description and the system prompt describes
+    them; without attributes the prompt is RLMRec's title + description, unchanged."""
+    both = item_messages("products", title="Orbit Kit", description="A telescope kit.",
+                         attributes={"category": "space"}, reviews=["ignored"],
+                         summary_words=20, reasoning_words=8)
+    assert json.loads(both[1]["content"]) == {"title": "Orbit Kit",
+                                              "description": "A telescope kit.",
+                                              "attributes": {"category": "space"}}
+    assert '"attributes": {...}' in both[0]["content"]
+    plain = item_messages("products", title="Orbit Kit", description="A telescope kit.",
+                          attributes={}, reviews=[], summary_words=20, reasoning_words=8)
+    assert json.loads(plain[1]["content"]) == {"title": "Orbit Kit",
+                                               "description": "A telescope kit."}
+    assert "attributes" not in plain[0]["content"]
+
+
+def test_word_bound_is_part_of_the_decoding_grammar() -> None:
+    """The profile schema's word bounds reach the constrained decoder as a ``pattern`` that
+    xgrammar (vLLM's and the transformers engine's backend) enforces: exactly the outputs within
+    min..max words of single-space-separated, escape-free words are accepted."""
+    import xgrammar as xg
+    from xgrammar.testing import _is_grammar_accept_string as accepts
+
+    from recalign.llm.schemas import engine_schema, profile_schema
+
+    schema = engine_schema(profile_schema(5, 3))
+    summ = schema["properties"]["summarization"]
+    assert "pattern" in summ and "maxLength" not in summ and "minLength" not in summ
+    grammar = xg.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False)
+
+    def out(summary: str, reasoning: str = "space items") -> str:
+        return json.dumps({"summarization": summary, "reasoning": reasoning})
+
+    assert accepts(grammar, out("Fans of space and stars"))      # 5 words: the maximum
+    assert accepts(grammar, out("Fans of space"))                 # 3 words: the minimum
+    assert not accepts(grammar, out("Fans of space and stars now"))  # 6
+    assert not accepts(grammar, out("Fans of"))                   # 2 < 3
+    assert not accepts(grammar, out("Fans  of space"))            # double space
+    assert not accepts(grammar, out("Fans of space", "space"))    # reasoning: 1 < 2 words
+    assert not accepts(grammar, out("Fans of space", "a b c d"))  # reasoning: 4 > 3
+    # the validator keeps checking the character and word bounds itself
+    from recalign.llm.schemas import parse_and_validate
+
+    full = profile_schema(5, 3)
+    assert parse_and_validate(out("Fans of space and stars"), full)[1] is None
+    assert "too long" in parse_and_validate(out("Fans of space and stars now"), full)[1]

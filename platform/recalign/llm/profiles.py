@@ -235,8 +235,8 @@ class Planner:
             title_b = self.bound(title, self.s.title_tokens) or self.bound(key, self.s.title_tokens)
             desc_b = self.bound(desc, self.s.field_tokens)
             msgs = item_messages(self.s.domain, title=title_b, description=desc_b or None,
-                                 attributes=None if desc_b else bound_attributes(
-                                     attrs, self.bound, self.s.field_tokens),
+                                 attributes=bound_attributes(attrs, self.bound,
+                                                             self.s.field_tokens),
                                  reviews=[] if desc_b else reviews.get(i, []),
                                  summary_words=self.s.item_words,
                                  reasoning_words=self.s.reasoning_words)

@@ -1,9 +1,10 @@
 """Output schemas and the parser/validator every engine output goes through.
 
 The profile schema (REFERENCE.md, RLMRec): ``{"summarization": str, "reasoning": str}``, no other
-keys. Length bounds appear twice: as ``maxLength`` in characters (so constrained decoders stop a
-string instead of running to ``max_tokens``) and as word bounds (``x-maxWords``, checked here),
-which is what the papers specify. Validation also rejects degenerate, looping text (a small
+keys. Length bounds appear three times: as a ``pattern`` of at most N words (constrained
+decoders with regular expressions, xgrammar, enforce the paper's word bound while decoding), as
+``maxLength`` in characters (decoders without patterns stop a string instead of running to
+``max_tokens``) and as word bounds (``x-maxWords``, checked here). Validation also rejects degenerate, looping text (a small
 model's typical failure under constraints), so that it is retried instead of stored.
 """
 
@@ -14,9 +15,25 @@ import re
 from collections import Counter
 from typing import Any
 
-CHARS_PER_WORD = 5  # below the ~6 of English text: the character bound implies the word bound
 MIN_SUMMARY_CHARS = 20
 MIN_REASONING_CHARS = 10
+MAX_WORD_CHARS = 14  # longer "words" are a small model's degenerate runs ("]]]]]]]...")
+# the character bound the word pattern implies (each word and its space)
+CHARS_PER_WORD = MAX_WORD_CHARS + 1
+
+
+def words_pattern(max_words: int, min_words: int = 1) -> str:
+    """A regular expression for ``min_words``..``max_words`` words separated by single spaces.
+
+    Sent to constrained decoders (xgrammar in vLLM and transformers), it makes the word bound
+    part of the grammar: a small model can no longer run past it, which was the most common
+    reason for a retry (a fifth of the demo's first attempts). Words exclude the characters a
+    JSON string would have to escape, and are at most ``MAX_WORD_CHARS`` long, so the pattern
+    also keeps the ``maxLength`` of :func:`profile_schema` (``CHARS_PER_WORD`` per word).
+    Before the pattern, ``maxLength`` was 5 characters per word so that it alone implied the
+    word bound; with it, that proxy only cut sound answers short."""
+    word = f'[^ \\t\\n\\r"\\\\]{{1,{MAX_WORD_CHARS}}}'
+    return f"^{word}( {word}){{{max(0, min_words - 1)},{max_words - 1}}}$"
 
 
 def profile_schema(summary_words: int, reasoning_words: int) -> dict[str, Any]:
@@ -26,9 +43,11 @@ def profile_schema(summary_words: int, reasoning_words: int) -> dict[str, Any]:
         "properties": {
             "summarization": {"type": "string", "minLength": MIN_SUMMARY_CHARS,
                               "maxLength": summary_words * CHARS_PER_WORD,
+                              "pattern": words_pattern(summary_words, 3),
                               "x-maxWords": summary_words},
             "reasoning": {"type": "string", "minLength": MIN_REASONING_CHARS,
                           "maxLength": reasoning_words * CHARS_PER_WORD,
+                          "pattern": words_pattern(reasoning_words, 2),
                           "x-maxWords": reasoning_words},
         },
         "required": ["summarization", "reasoning"],
@@ -37,9 +56,15 @@ def profile_schema(summary_words: int, reasoning_words: int) -> dict[str, Any]:
 
 
 def engine_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """The schema without our own ``x-`` keywords (what is sent to decoders and servers)."""
+    """The schema without our own ``x-`` keywords (what is sent to decoders and servers).
+
+    Where a string has a ``pattern``, its character bounds are left out: xgrammar cannot
+    combine them with a pattern (it drops them with a warning per request), the pattern bounds
+    the length itself, and the validator still checks them."""
     if isinstance(schema, dict):
-        return {k: engine_schema(v) for k, v in schema.items() if not k.startswith("x-")}
+        drop = {"minLength", "maxLength"} if "pattern" in schema else set()
+        return {k: engine_schema(v) for k, v in schema.items()
+                if not k.startswith("x-") and k not in drop}
     if isinstance(schema, list):
         return [engine_schema(v) for v in schema]
     return schema

@@ -50,10 +50,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(local),
                          checkpoint_dir_name=f"checkpoint_epoch-{epoch:06d}")
 
-    def report(metrics: dict[str, Any]) -> None:
-        ray.train.report(metrics)
-
-    run_training(inputs, d, Hooks(load=load, save=save, report=report))
+    run_training(inputs, d, Hooks(load=load, save=save))
 
 
 def worker_resources(cfg: Any) -> dict[str, float]:

@@ -45,6 +45,7 @@ class LineProgress(tqdm):
         kwargs.update(disable=False, mininterval=self._interval, miniters=1, ascii=True,
                       dynamic_ncols=False, ncols=0, leave=True)
         self._last_line = 0.0
+        self._last_text = ""
         self._lock_line = threading.Lock()
         self._stop = threading.Event()
         super().__init__(*args, **kwargs)
@@ -74,11 +75,14 @@ class LineProgress(tqdm):
             parts.append(str(d["postfix"]))
         return " ".join(parts)
 
-    def _emit(self) -> None:
+    def _emit(self, *, unless_same: bool = False) -> None:
         with self._lock_line:
-            self.fp.write(self._line() + "\n")
+            line = self._line()
+            if unless_same and line == self._last_text:
+                return
+            self.fp.write(line + "\n")
             self.fp.flush()
-            self._last_line = time.monotonic()
+            self._last_line, self._last_text = time.monotonic(), line
 
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
         # tqdm redraws on every set_postfix/refresh; a log gets a line per interval at most
@@ -97,7 +101,7 @@ class LineProgress(tqdm):
             if self._beat is not threading.current_thread():
                 self._beat.join(timeout=2.0)
             if not self.disable:
-                self._emit()  # the final count, once
+                self._emit(unless_same=True)  # the final count, once
             self.disable = True  # tqdm.close must not print again
         super().close()
 

@@ -269,6 +269,11 @@ def test_top10_equal_brute_force_and_by_hand(state: dict[str, Any]) -> None:
             assert not {f"i{i}" for i in HISTORY[u][0]} & set(keys(u, v))
     assert by["u0"]["top"]["aligned"][1]["title"] == "<b>Bold</b> | title"
     assert by["u0"]["profile"].startswith("likes </td>")
+    # what the user had, beside the lists: their training and test items' titles
+    title = lambda i: "<b>Bold</b> | title" if i == 7 else f"Title {i}"  # noqa: E731
+    for u in ("u0", "u2"):
+        assert set(by[u]["train_titles"]) == {title(i) for i in HISTORY[u][0]}
+        assert set(by[u]["test_titles"]) == {title(i) for i in HISTORY[u][2]}
 
 
 def test_html_escaped_and_self_contained(state: dict[str, Any]) -> None:

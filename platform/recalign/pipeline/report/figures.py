@@ -274,6 +274,11 @@ def example_recommendations(ctx: _Context, train: dict[str, Any], n_users: int =
         entry: dict[str, Any] = {"id": int(u), "key": user_keys[u], "n_train": len(train_items),
                                  "n_test": len(test_items),
                                  "profile": (profiled.get(u) or {}).get("summarization"),
+                                 # what the user had: a reader judges the lists against it
+                                 "train_titles": [titles.get(i) or item_keys[i]
+                                                  for i in sorted(train_items)][:10],
+                                 "test_titles": [titles.get(i) or item_keys[i]
+                                                 for i in sorted(test_items)][:10],
                                  "top": {}, "hits": {}}
         for v in out["variants"]:
             U, upos, (Iv, have) = vecs[v]

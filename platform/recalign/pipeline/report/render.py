@@ -171,6 +171,10 @@ def recommendations_section(fig: dict[str, Any]) -> list[Block]:
     for u in r.get("users", []):
         blocks.append(_h(3, f"User {bounded(u['key'], TITLE_LIMIT)} (id {u['id']}): "
                             f"{u['n_train']} training items, {u['n_test']} test items"))
+        for label, key in (("Training items", "train_titles"), ("Test items", "test_titles")):
+            if u.get(key):
+                blocks.append(_p(f"{label}: " + "; ".join(bounded(t, TITLE_LIMIT)
+                                                         for t in u[key]) + "."))
         if u.get("profile"):
             blocks.append(_p(f"Profile: {bounded(u['profile'])}"))
         hits = ", ".join(f"{v} {u['hits'][v]}" for v in variants)

@@ -137,10 +137,10 @@ class Backbone(nn.Module, abc.ABC):
 
     # -- to implement ---------------------------------------------------------------
     @classmethod
+    @abc.abstractmethod
     def build(cls, train: "sp.spmatrix", params: Any = None, *, preset: str | None = None,
               optimizer: Any = None) -> "Backbone":
         """Construct from the users × items training matrix, params (model or dict), a preset."""
-        raise NotImplementedError
 
     @abc.abstractmethod
     def forward(self, layer0_hook: Layer0Hook | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -56,10 +56,18 @@ ARTIFACTS = {"ingest": "dataset", "embed": "semantic-raw", "train": "embeddings"
              "export": "index"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: all sockets are held open while choosing, because a port
+    released by one bind can be handed out again by the next (seen: Ray refused to start when
+    its GCS and dashboard-agent ports came out equal)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _session_processes(sid: int) -> list[psutil.Process]:
@@ -99,16 +107,16 @@ def ray_head():
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}",
            "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    dash = _free_port()
+    dash, gcs, client, node, objects, metrics, agent, agent_grpc, runtime_env = _free_ports(9)
     cmd = [RAY, "start", "--head", "--node-ip-address", "127.0.0.1",
-           "--port", str(_free_port()), "--dashboard-host", "127.0.0.1",
+           "--port", str(gcs), "--dashboard-host", "127.0.0.1",
            "--dashboard-port", str(dash), "--include-dashboard", "true",
-           "--ray-client-server-port", str(_free_port()),
-           "--node-manager-port", str(_free_port()), "--object-manager-port", str(_free_port()),
-           "--metrics-export-port", str(_free_port()),
-           "--dashboard-agent-listen-port", str(_free_port()),
-           "--dashboard-agent-grpc-port", str(_free_port()),
-           "--runtime-env-agent-port", str(_free_port()),
+           "--ray-client-server-port", str(client),
+           "--node-manager-port", str(node), "--object-manager-port", str(objects),
+           "--metrics-export-port", str(metrics),
+           "--dashboard-agent-listen-port", str(agent),
+           "--dashboard-agent-grpc-port", str(agent_grpc),
+           "--runtime-env-agent-port", str(runtime_env),
            "--num-cpus", "2", "--object-store-memory", str(300 * 2**20),
            "--temp-dir", temp, "--disable-usage-stats"]
     proc = subprocess.Popen(["nice", *cmd], env=env, start_new_session=True,

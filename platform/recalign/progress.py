@@ -109,7 +109,8 @@ class LineProgress(tqdm):
 def progress(desc: str, unit: str = "it", total: float | None = None, *, disable: bool = False,
              file: IO[str] | None = None, interval: float | None = None, **kwargs: Any) -> tqdm:
     """A bar on a terminal, plain lines every ``interval`` s otherwise; nothing if ``disable``
-    or ``RECALIGN_PROGRESS=0`` (what ``--no-progress`` sets, so Ray workers inherit it)."""
+    (a job's ``--no-progress``) or ``RECALIGN_PROGRESS=0`` in the environment, which local Ray
+    workers inherit (the training progress runs there)."""
     fp = file if file is not None else sys.stderr
     if disable or os.environ.get("RECALIGN_PROGRESS", "1").lower() in ("0", "false", "off"):
         return tqdm(total=total, disable=True)

@@ -216,8 +216,8 @@ def brief(stage: str, summary: dict[str, Any]) -> dict[str, Any]:
     if stage == "train":
         def run_brief(v: dict[str, Any]) -> dict[str, Any]:
             keep = ("test", "valid", "epochs", "best_epoch", "snapshot", "run_dir", "warm_start",
-                    "seconds", "seed")
-            return {k: v.get(k) for k in keep if k in v or k != "seed"}
+                    "seconds")
+            return {**{k: v.get(k) for k in keep}, **({"seed": v["seed"]} if "seed" in v else {})}
 
         out = {k: run_brief(v) for k, v in summary.items() if k != "seeds"}
         if "seeds" in summary:

@@ -242,8 +242,7 @@ class Trainer:
     def _epoch_status(self, rec: dict[str, Any], select: str) -> str:
         parts = [f"loss {rec.get('loss', float('nan')):.4f}"]
         if self.stop.best_epoch >= 0:
-            last = self.history[-1].get("valid") or next(
-                (h["valid"] for h in reversed(self.history) if "valid" in h), None)
+            last = next((h["valid"] for h in reversed(self.history) if "valid" in h), None)
             if last is not None:
                 parts.append(f"valid {select} {last[select]:.4f}")
             parts.append(f"best {self.stop.best:.4f} @ {self.stop.best_epoch}")

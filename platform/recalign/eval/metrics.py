@@ -78,6 +78,20 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
+#: selection metrics that are sums of a protocol's metrics (the CLLM4Rec authors select on
+#: R@20 + R@40 + N@100); :func:`with_sums` adds them to a metrics dict
+SUMS: dict[str, tuple[str, ...]] = {"cllm4rec_sum": ("recall@20", "recall@40", "ndcg@100")}
+
+
+def with_sums(metrics: dict[str, float]) -> dict[str, float]:
+    """``metrics`` plus every :data:`SUMS` entry whose parts it has."""
+    out = dict(metrics)
+    for name, parts in SUMS.items():
+        if all(k in metrics for k in parts):
+            out[name] = sum(metrics[k] for k in parts)
+    return out
+
+
 def get_protocol(protocol: str | Protocol) -> Protocol:
     if isinstance(protocol, Protocol):
         return protocol

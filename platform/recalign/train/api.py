@@ -77,10 +77,11 @@ def make_trainer(cfg: Config, data: Any, *, run_dir: str | None = None,
 
 def check_selection(cfg: Config) -> None:
     from recalign.errors import ConfigError
-    from recalign.eval.metrics import get_protocol
+    from recalign.eval.metrics import SUMS, get_protocol
 
     proto = get_protocol(cfg.eval.protocol)
     select = cfg.eval.select_metric or proto.select
-    if select not in proto.metric_names:
+    if select not in proto.metric_names and not (
+            select in SUMS and set(SUMS[select]) <= set(proto.metric_names)):
         raise ConfigError(f"eval.select_metric {select!r} is not a {proto.name} metric "
                           f"({', '.join(proto.metric_names)})")

@@ -42,6 +42,22 @@ class CFData:
     def n_items(self) -> int:
         return self.train.shape[1]
 
+    def eval_matrices(self, split: str, mask_valid_at_test: bool
+                      ) -> tuple[sp.csr_matrix, sp.csr_matrix] | None:
+        """(held-out targets, items masked) of ``split``; None for an empty test split (an
+        empty validation split is an error: nothing to select a model on)."""
+        from recalign.errors import ConfigError
+
+        heldout = self.valid if split == "valid" else self.test
+        if heldout is None or heldout.nnz == 0:
+            if split == "valid":
+                raise ConfigError("the validation split is empty")
+            return None
+        exclude = self.train
+        if split == "test" and mask_valid_at_test:
+            exclude = (self.train + self.valid).tocsr()
+        return heldout, exclude
+
     @classmethod
     def from_dataset(cls, ds: Any) -> "CFData":
         """From a :class:`recalign.data.dataset.Dataset` (its train/valid/test splits)."""

@@ -11,7 +11,7 @@ vector fixed_size_list<float32>[d]`` (:func:`recalign.data.schema.embedding_sche
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -84,6 +84,24 @@ def owned_ranges(shards: list[tuple[str, int, int, int]], n_rows: dict[str, int]
             if hi > lo:
                 out[t].append((lo, hi))
     return out
+
+
+def export_user_states(target: ExportTarget, rank: int, world: int, n_users: int,
+                       user_rows: Callable[[np.ndarray], torch.Tensor], items: torch.Tensor,
+                       item_keys: pa.Array, user_keys: pa.Array, chunk: int = 4096
+                       ) -> dict[str, Any]:
+    """The export of a model whose user vectors are computed (a history's state) and whose
+    item rows are one replicated matrix: this rank's contiguous block of users, ``chunk`` at a
+    time through ``user_rows(ids)``, and its block of ``items``; returns its parts list."""
+    ranges = owned_ranges([], {"user": n_users, "item": int(items.shape[0])}, rank, world, set())
+    writer = target.writer(rank)
+    for lo, hi in ranges["user"]:
+        for s in range(lo, hi, chunk):
+            e = min(hi, s + chunk)
+            write_rows(writer, "user", s, user_rows(np.arange(s, e)), user_keys)
+    for lo, hi in ranges["item"]:
+        write_rows(writer, "item", lo, items[lo:hi], item_keys)
+    return writer.parts_written()
 
 
 def commit_export(target: ExportTarget, parts: list[dict[str, Any]], *, extra: dict[str, Any],

@@ -167,6 +167,7 @@ class Trainer:
         task, opt, d = self.task, self.optim, self.d
         task.train_mode(True)
         totals: dict[str, float] = {}
+        seen: dict[str, int] = {}  # a term's batches (a task may mix batch kinds in an epoch)
         n = 0
         for batch in task.batches():
             if self.bar is not None and n % 20 == 0:  # shown by the log heartbeat in long epochs
@@ -180,9 +181,10 @@ class Trainer:
             opt.step()
             for k, v in losses.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach())
+                seen[k] = seen.get(k, 0) + 1
             self.examples += int(getattr(batch, "global_size", 0) or len(batch))
             n += 1
-        out = {k: v / max(n, 1) for k, v in totals.items()}
+        out = {k: v / seen[k] for k, v in totals.items()}
         if d.distributed:
             keys = sorted(out)
             vec = d.all_reduce(torch.tensor([out[k] for k in keys], dtype=torch.float64,

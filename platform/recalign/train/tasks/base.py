@@ -118,8 +118,26 @@ class Task(abc.ABC):
         return {}
 
 
+def rank_slices(order: np.ndarray, batch_size: int, d: Dist, steps: int | None
+                ) -> Iterator[tuple[np.ndarray, int, int]]:
+    """Data parallelism over one epoch's ``order``: per global batch of ``batch_size`` (at
+    most ``steps`` of them), ``(batch, lo, hi)`` with ``batch[lo:hi]`` this rank's contiguous
+    share. A batch smaller than the world is skipped — on every rank alike, so all ranks take
+    the same number of steps."""
+    for step, s in enumerate(range(0, order.size, batch_size)):
+        if steps is not None and step >= steps:
+            break
+        idx = order[s:s + batch_size]
+        n = idx.size
+        if n < d.world:
+            continue
+        yield idx, n * d.rank // d.world, n * (d.rank + 1) // d.world
+
+
 _TASKS = {"pairwise": "recalign.train.tasks.pairwise:PairwiseTask",
-          "next-item": "recalign.train.tasks.next_item:NextItemTask"}
+          "next-item": "recalign.train.tasks.next_item:NextItemTask",
+          "multinomial": "recalign.train.tasks.multinomial:MultinomialTask",
+          "lm": "recalign.train.tasks.lm:LMTask"}
 
 
 def get_task(name: str) -> type[Task]:

@@ -34,7 +34,7 @@ from recalign.models.sequential import SequentialModel, ViewContext
 from recalign.tables.optim import TableOptimizerSpec
 from recalign.train.evaluation import eval_users, ranking_metrics
 from recalign.train.optimizers import Optimizers
-from recalign.train.tasks.base import Task
+from recalign.train.tasks.base import Task, rank_slices
 
 
 def model_params(cfg: Config) -> Any:
@@ -171,17 +171,11 @@ class NextItemTask(Task):
         # per-sample generators for the model's views: a function of (epoch, sample) only, so
         # the views do not depend on how samples are spread over ranks, and resume exactly
         epoch_seed = int(self.rng.integers(2**62)) if self.has_views else 0
-        for step, s in enumerate(range(0, order.size, bs)):
-            if t.steps_per_epoch is not None and step >= t.steps_per_epoch:
-                break
-            idx = order[s:s + bs]
-            n = idx.size
-            if n < d.world:
-                continue
-            mine = idx[n * d.rank // d.world:n * (d.rank + 1) // d.world]
+        for idx, lo, hi in rank_slices(order, bs, d, t.steps_per_epoch):
+            mine = idx[lo:hi]
             b = window_batch(self.data, users[mine], ends[mine], p.max_len,
                              last_only=p.samples == "prefixes")
-            b.global_size = n
+            b.global_size = idx.size
             if self.has_views:
                 seqs = self.data.sample_items(users[mine], ends[mine], p.max_len)
                 rngs = [np.random.default_rng((epoch_seed, int(g))) for g in mine]
@@ -281,25 +275,17 @@ class NextItemTask(Task):
     # ------------------------------------------------------------------ export
     @torch.no_grad()
     def export(self) -> dict[str, Any]:
-        from recalign.train.export import owned_ranges, write_rows
+        from recalign.train.export import export_user_states
 
-        d, inp, data = self.d, self.inp, self.data
+        d, inp = self.d, self.inp
         self.model.eval()
         self.model.freeze_rows(True)
-        ranges = owned_ranges([], {"user": data.n_users, "item": data.n_items}, d.rank, d.world,
-                              set())
-        writer = inp.export.writer(d.rank)  # type: ignore[union-attr]
-        items = self.model.item_weights().detach()
-        chunk = 4096
-        for lo, hi in ranges["user"]:
-            for s in range(lo, hi, chunk):
-                e = min(hi, s + chunk)
-                write_rows(writer, "user", s, self._user_states(np.arange(s, e), "all"),
-                           inp.user_keys)
-        for lo, hi in ranges["item"]:
-            write_rows(writer, "item", lo, items[lo:hi], inp.item_keys)
+        parts = export_user_states(
+            inp.export, d.rank, d.world, self.data.n_users,  # type: ignore[arg-type]
+            lambda ids: self._user_states(ids, "all"), self.model.item_weights().detach(),
+            inp.item_keys, inp.user_keys)
         self.model.freeze_rows(False)
-        return writer.parts_written()
+        return parts
 
     def export_extra(self) -> dict[str, Any]:
         cfg = self.cfg

@@ -348,15 +348,11 @@ class PairwiseTask(Task):
         return out
 
     def evaluate(self, split: str) -> dict[str, float]:
-        data, ev = self.data, self.cfg.eval
-        heldout = data.valid if split == "valid" else data.test
-        if heldout is None or heldout.nnz == 0:
-            if split == "valid":
-                raise ConfigError("the validation split is empty")
+        ev = self.cfg.eval
+        matrices = self.data.eval_matrices(split, ev.mask_valid_at_test)
+        if matrices is None:
             return None  # type: ignore[return-value]
-        exclude = data.train
-        if split == "test" and ev.mask_valid_at_test:
-            exclude = (data.train + data.valid).tocsr()
+        heldout, exclude = matrices
         u, i = self._reps = self.representations()
         users = eval_users(heldout, ev.max_users, self.cfg.train.seed, self.d)
         return ranking_metrics(lambda ids: u[ids] @ i.T, heldout, exclude, users, self.proto,

@@ -405,6 +405,21 @@ def test_unaffected_fingerprints_and_names_are_unchanged(tmp_path: Path) -> None
         "users": 100, "items": 50, "interactions": 1000})) == "209bf8449412e65e"
     assert DataConfig(source="csv", path=str(tmp_path)).model_dump()["split"] == {
         "method": "random", "ratios": (0.6, 0.2, 0.2), "seed": 2023}
+    # a source whose output changed re-ingests (its version joins the hash); others do not
+    from recalign.data import ingest
+
+    (tmp_path / "ml").mkdir()
+    (tmp_path / "ml" / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,2,4.0,5\n")
+    ml = DataConfig(source="movielens", path=str(tmp_path / "ml"))
+    csv = DataConfig(source="csv", path=str(tmp_path / "ml"))
+    before = input_fingerprint(ml), input_fingerprint(csv)
+    saved = dict(ingest.SOURCE_VERSIONS)
+    try:
+        ingest.SOURCE_VERSIONS["movielens"] += 1
+        assert input_fingerprint(ml) != before[0] and input_fingerprint(csv) == before[1]
+    finally:
+        ingest.SOURCE_VERSIONS.clear()
+        ingest.SOURCE_VERSIONS.update(saved)
     # names: the source prefixes a folder name unless the name already starts with it
     named = {("csv", "d"): "csv-d", ("rlmrec", "rlmrec-yelp"): "rlmrec-yelp",
              ("rlmrec", "Yelp"): "rlmrec-yelp", ("movielens", "ml-1m"): "movielens-ml-1m",

@@ -1,6 +1,7 @@
 """The ``movielens`` source on the three layouts GroupLens ships (latest CSV, 1M/10M ``::``,
-100K ``u.*``): the same small release written in each reads back as the same data, and bad
-files fail with the file, the row and what was expected."""
+100K ``u.*``): the same small release written in each reads back as the same data, a rating's
+review is the rater's own tags on the movie, and bad files fail with the file, the row and
+what was expected."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "C
                  "Romance", "Sci-Fi", "Thriller", "War", "Western"]
 
 
-def write_latest(folder: Path) -> Path:
+def write_latest(folder: Path, tags: list[tuple[int, int, str, int]] = TAGS) -> Path:
     folder.mkdir()
     (folder / "ratings.csv").write_text(
         "userId,movieId,rating,timestamp\r\n"
@@ -43,11 +44,12 @@ def write_latest(folder: Path) -> Path:
         encoding="utf-8")
     (folder / "tags.csv").write_text(
         "userId,movieId,tag,timestamp\r\n"
-        + "".join(f'{u},{i},"{tag}",{t}\r\n' for u, i, tag, t in TAGS))
+        + "".join(f'{u},{i},"{tag}",{t}\r\n' for u, i, tag, t in tags))
     return folder
 
 
-def write_dat(folder: Path, *, tags: bool = True, users: bool = True) -> Path:
+def write_dat(folder: Path, *, tags: bool = True, users: bool = True,
+              tag_rows: list[tuple[int, int, str, int]] = TAGS) -> Path:
     """ml-1m style (Latin-1 movies.dat, users.dat) with ml-10m's tags.dat."""
     folder.mkdir()
     (folder / "ratings.dat").write_text("".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in RATINGS))
@@ -56,7 +58,7 @@ def write_dat(folder: Path, *, tags: bool = True, users: bool = True) -> Path:
     ).encode("latin-1"))
     if tags:
         (folder / "tags.dat").write_text(
-            "".join(f"{u}::{i}::{tag}::{t}\n" for u, i, tag, t in TAGS))
+            "".join(f"{u}::{i}::{tag}::{t}\n" for u, i, tag, t in tag_rows))
     if users:
         (folder / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n"
                                           "3::M::25::15::55117\n")
@@ -115,6 +117,83 @@ def test_every_layout_reads_the_same_release(tmp_path: Path, layout: str) -> Non
         assert {k: v[2] for k, v in got.items()} == EXPECTED_TAGS
         assert raw.report["tags_read"] == len(TAGS)
     assert len(raw.files) == {"latest": 3, "dat": 4, "100k": 4}[layout]
+    # the rater's own tags; user 2 tagged 20 without rating it (counted, not added)
+    reviews = {(u, i): r for u, i, r in zip(t["user_key"].to_pylist(),
+                                            t["item_key"].to_pylist(), t["review"].to_pylist())}
+    if layout == "100k":
+        assert set(reviews.values()) == {None}
+    else:
+        assert reviews == {("1", "10"): "paris", ("1", "20"): "space: the final frontier",
+                           ("2", "10"): None, ("2", "30"): None, ("3", "20"): "classic"}
+        assert (raw.report["tag_reviews"], raw.report["tags_without_rating"],
+                raw.report["tag_pairs_without_rating"]) == (3, 1, 1)
+
+
+# Tags of each rated pair of RATINGS, in a file order that is not the order of first use.
+LONG = [chr(ord("a") + k) * 99 for k in range(6)]  # 4 join to 402 characters, 5 to 503
+REVIEW_TAGS = (
+    # (1, 10): repeats count once at their first use; ties by text; blanks and spaces skipped
+    [(1, 10, "Paris", 40), (1, 10, "funny", 50), (1, 10, "funny", 30), (1, 10, "b: tie", 60),
+     (1, 10, "a-tie", 60), (1, 10, "  Paris ", 45), (1, 10, "  ", 70)]
+    # (1, 20): 22 distinct tags, the last two over the 20-tag bound
+    + [(1, 20, f"t{k:02d}", 200 + k) for k in reversed(range(22))]
+    # (2, 10): six 99-character tags, the last two over the 500-character bound
+    + [(2, 10, tag, 300 + k) for k, tag in enumerate(LONG)]
+    # (2, 30): a first tag longer than the bound is cut; the next one is left out
+    + [(2, 30, "y", 401), (2, 30, "x" * 600, 400)]
+    # not rated by the user who tagged: (3, 10) rated by others, user 4 never rates
+    + [(3, 10, "unrated", 500), (3, 10, "unrated", 501), (3, 10, "other", 502),
+       (4, 40, "no ratings at all", 503)])
+EXPECTED_REVIEWS = {
+    ("1", "10"): "funny, Paris, a-tie, b: tie",
+    ("1", "20"): ", ".join(f"t{k:02d}" for k in range(20)),
+    ("2", "10"): ", ".join(LONG[:4]),
+    ("2", "30"): "x" * 500,
+    ("3", "20"): None,  # user 3 did not tag the movie
+}
+
+
+@pytest.mark.parametrize("layout", ["latest", "dat"])
+def test_reviews_are_the_raters_own_tags(tmp_path: Path, layout: str) -> None:
+    folder = (write_latest(tmp_path / layout, tags=REVIEW_TAGS) if layout == "latest"
+              else write_dat(tmp_path / layout, tag_rows=REVIEW_TAGS))
+    raw = load(folder)
+    t = interactions(raw)
+    got = {(u, i): r for u, i, r in zip(t["user_key"].to_pylist(), t["item_key"].to_pylist(),
+                                        t["review"].to_pylist())}
+    assert got == EXPECTED_REVIEWS
+    assert len(got[("2", "10")]) == 4 * 99 + 3 * 2  # a fifth tag would pass 500
+    report = {k: v for k, v in raw.report.items() if k != "encoding_latin1"}
+    assert report == {
+        "tags_read": len(REVIEW_TAGS),
+        "distinct_tags_dropped_over_cap": 2,  # movie 20's top tags, as before
+        "tags_empty": 1,
+        "tag_reviews": 4,
+        "tags_without_rating": 4, "tag_pairs_without_rating": 2,
+        "review_tags_dropped_over_cap": 2 + 2 + 1,
+        "review_tags_truncated": 1,
+    }
+    # the items keep their top tags
+    assert items_by_key(raw)["10"][2][:3] == ["Paris", "funny", "unrated"]  # tagged twice
+    # the review reaches the canonical interactions
+    ds = load_dataset(DataConfig(source="movielens", path=str(folder)))
+    have = ds.interactions.filter(pc.is_valid(ds.interactions["review"]))
+    assert sorted(have["review"].to_pylist()) == sorted(
+        r for r in EXPECTED_REVIEWS.values() if r is not None)
+
+
+def test_tags_without_user_or_with_a_bad_timestamp(tmp_path: Path) -> None:
+    folder = write_latest(tmp_path / "nouser")
+    (folder / "tags.csv").write_text("movieId,tag\r\n20,classic\r\n10,paris\r\n")
+    raw = load(folder)
+    assert raw.report == {"tags_read": 2, "tags_without_user": 2}
+    assert interactions(raw)["review"].null_count == len(RATINGS)
+    assert items_by_key(raw)["20"][2] == ["classic"]
+    folder = write_dat(tmp_path / "badts")
+    (folder / "tags.dat").write_text("1::20::classic::5\n1::10::paris::soon\n")
+    with pytest.raises(DataError, match=r"tags\.dat, row 1, column 'Timestamp': cannot read "
+                                        r"'soon' as a timestamp"):
+        load(folder)
 
 
 def test_dat_layout_decodes_latin1_and_users(tmp_path: Path) -> None:
@@ -199,4 +278,6 @@ def test_layout_detection_errors(tmp_path: Path) -> None:
     # nothing but the ratings file is needed besides movies: no tags, no users is fine
     raw = load(write_dat(tmp_path / "bare", tags=False, users=False))
     assert raw.users is None and interactions(raw).num_rows == len(RATINGS)
+    assert interactions(raw)["review"].null_count == len(RATINGS)  # ml-1m: no tags, no review
+    assert "tag_reviews" not in raw.report
     assert pc.all(pc.is_valid(raw.items["title"])).as_py()

@@ -15,9 +15,21 @@ here: the ingest applies ``data.min_rating``. Movies → items: ``title``; ``des
 ``attributes`` = ``{"genres": [...], "tags": [...]}`` (genres as listed, ``(no genres
 listed)`` → ``[]``; tags the distinct free-text tags, most frequent first, ties alphabetical,
 at most :data:`MAX_TAGS`; releases without tags give ``[]``). Every listed movie is an item,
-rated or not. Where the release has demographics (1M ``users.dat``, 100K ``u.user``), users
-get ``attributes`` ``{"gender", "age", "occupation"}`` in words (1M's codes decoded as its
-README lists them); zip codes are not kept: a quasi-identifier that no model here reads.
+rated or not. Where the release has demographics (1M ``users.dat``, 100K ``u.user``), users get
+``attributes`` ``{"gender", "age", "occupation"}`` in words (1M's codes decoded as its README
+lists them); zip codes are not kept: a quasi-identifier that no model here reads.
+
+Where the release has tags with their user (latest/20M/25M/32M ``tags.csv``, 10M ``tags.dat``),
+a rating row's ``review`` is that user's own tags on that movie: the distinct tags joined by
+``", "`` in the order of first use (earliest timestamp, then tag text), at most
+:data:`REVIEW_MAX_TAGS` tags and :data:`REVIEW_MAX_CHARS` characters (whole tags are left out;
+a first tag longer than the bound is cut). Rating rows the user did not tag keep a null
+review; tags on a movie the user did not rate are counted (``tags_without_rating``), not added.
+Report keys: ``tag_reviews`` (rating rows given a review), ``tags_without_rating`` /
+``tag_pairs_without_rating`` (tag rows / (user, movie) pairs without a rating row), and when
+not zero ``review_tags_dropped_over_cap`` (distinct tags of rated pairs left out by the
+bound), ``review_tags_truncated`` (reviews whose first tag was cut), ``tags_empty`` (blank
+tags, skipped), ``tags_without_user`` (a ``tags.csv`` without ``userId``: no reviews).
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -38,6 +51,11 @@ from recalign.data.sources.tabular import csv_convert, key_column, parse_column,
 from recalign.errors import DataError
 
 MAX_TAGS = 20
+# bound of a rating's review built from the user's tags: ML-32M has pairs with hundreds of
+# tags, and one unbounded review would dominate a prompt or a text batch
+REVIEW_MAX_TAGS = 20
+REVIEW_MAX_CHARS = 500
+REVIEW_SEPARATOR = ", "
 NO_GENRES = "(no genres listed)"
 RATING_COLUMNS = ("userId", "movieId", "rating", "timestamp")
 # ml-1m README: age brackets and occupations are codes in users.dat
@@ -184,6 +202,87 @@ def _top_tags(movie: pa.Array, tag: pa.Array) -> tuple[dict[str, list[str]], dic
     return out, report
 
 
+def _tag_reviews(ratings: pa.Table, user: pa.Array, movie: pa.Array, tag: pa.Array,
+                 timestamp: pa.Array) -> tuple[pa.Table, dict[str, int]]:
+    """``ratings`` with ``review`` = the rater's own tags on the movie (see the module doc).
+
+    Vectorised: distinct (user, movie, tag) by ``group_by``, first use by a sort, the bounds
+    by per-pair cumulative sums in numpy, the joined strings from list offsets, and the rating
+    rows found by a hash join built on the (small) table of tagged pairs.
+    """
+    tag = pc.utf8_trim_whitespace(tag)
+    t = pa.table({"user": user, "movie": movie, "tag": tag, "ts": timestamp})
+    t = t.filter(pc.fill_null(pc.not_equal(tag, ""), False))
+    report: dict[str, int] = {"tag_reviews": 0, "tags_without_rating": 0,
+                              "tag_pairs_without_rating": 0}
+    if t.num_rows == 0:
+        return ratings, report
+    d = t.group_by(["user", "movie", "tag"]).aggregate([("ts", "min"), ([], "count_all")])
+    d = d.sort_by([("user", "ascending"), ("movie", "ascending"), ("ts_min", "ascending"),
+                   ("tag", "ascending")]).combine_chunks()  # null timestamps sort last
+    n = d.num_rows
+    users, movies, tags = d["user"].chunk(0), d["movie"].chunk(0), d["tag"].chunk(0)
+    new = np.ones(n, dtype=bool)  # first row of each (user, movie) pair
+    if n > 1:
+        same = pc.and_(pc.equal(users[1:], users[:-1]), pc.equal(movies[1:], movies[:-1]))
+        new[1:] = ~same.to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(new)
+    pair = np.cumsum(new) - 1
+    rank = np.arange(n) - starts[pair]
+    width = pc.utf8_length(tags).to_numpy().astype(np.int64) + len(REVIEW_SEPARATOR)
+    before = np.concatenate([[0], np.cumsum(width)])  # joined length of all earlier rows
+    end = before[1:] - before[starts][pair] - len(REVIEW_SEPARATOR)  # review length so far
+    first = rank == 0
+    keep = first | ((rank < REVIEW_MAX_TAGS) & (end <= REVIEW_MAX_CHARS))  # a prefix per pair
+    cut = first & (end > REVIEW_MAX_CHARS)
+    if cut.any():  # utf8_slice_codeunits counts characters, as utf8_length does
+        tags = pc.if_else(pa.array(cut), pc.utf8_slice_codeunits(tags, 0, REVIEW_MAX_CHARS),
+                          tags)
+    kept = tags.filter(pa.array(keep))
+    offsets = np.append(np.flatnonzero(new[keep]), len(kept)).astype(np.int32)
+    reviews = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), kept),
+                             REVIEW_SEPARATOR)
+    pairs = pa.table({"user": users.take(pa.array(starts)),
+                      "movie": movies.take(pa.array(starts)),
+                      "pair": pa.array(np.arange(len(starts), dtype=np.int32))})
+    rows = pa.table({"user": ratings["user_key"], "movie": ratings["item_key"],
+                     "row": pa.array(np.arange(ratings.num_rows, dtype=np.int64))})
+    hit = rows.join(pairs, keys=["user", "movie"], join_type="inner")
+    hit_rows, hit_pairs = hit["row"].to_numpy(), hit["pair"].to_numpy()
+    which = np.full(ratings.num_rows, -1, dtype=np.int32)
+    which[hit_rows] = hit_pairs
+    review = reviews.take(pa.array(which, mask=which < 0))  # masked index → null review
+    ratings = ratings.set_column(ratings.schema.get_field_index("review"),
+                                 RAW_INTERACTIONS.field("review"), review)
+    rated = np.zeros(len(starts), dtype=bool)
+    rated[hit_pairs] = True
+    rated_row = rated[pair]
+    report["tag_reviews"] = len(hit_rows)
+    report["tags_without_rating"] = int(d["count_all"].to_numpy()[~rated_row].sum())
+    report["tag_pairs_without_rating"] = int((~rated).sum())
+    dropped, truncated = int((~keep & rated_row).sum()), int((cut & rated_row).sum())
+    if dropped:
+        report["review_tags_dropped_over_cap"] = dropped
+    if truncated:
+        report["review_tags_truncated"] = truncated
+    return ratings, report
+
+
+def _add_tags(rel: _Release, user: pa.Array | None, movie: pa.Array, tag: pa.Array,
+              timestamp: pa.Array) -> None:
+    """Item top tags and the per-rating tag reviews, with their counts in ``rel.report``."""
+    rel.tags, top_report = _top_tags(movie, tag)
+    rel.report.update(top_report)
+    blank = pc.sum(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(tag), ""), True)).as_py()
+    if blank:
+        rel.report["tags_empty"] = int(blank)
+    if user is None:  # nothing says whose tag it is
+        rel.report["tags_without_user"] = len(movie)
+        return
+    rel.ratings, review_report = _tag_reviews(rel.ratings, user, movie, tag, timestamp)
+    rel.report.update(review_report)
+
+
 def _users_table(rows: list[tuple[str, dict[str, Any]]], path: Path) -> pa.Table:
     return conform(pa.table({
         "user_key": pa.array([k for k, _ in rows], pa.string()),
@@ -210,8 +309,14 @@ def _latest(folder: Path) -> _Release:
         files=[ratings_p, movies_p])
     if tags_p.is_file():
         t = _read_csv(tags_p, ("userId", "movieId", "tag", "timestamp"), ("movieId", "tag"))
-        rel.tags, rel.report = _top_tags(
-            key_column(t["movieId"], path=str(tags_p), column="movieId"), t["tag"])
+        src = str(tags_p)
+        user = (key_column(t["userId"], path=src, column="userId")
+                if "userId" in t.column_names else None)
+        ts = (parse_column(t["timestamp"], pa.int64(), path=src, column="timestamp",
+                           what="a timestamp (an integer)")
+              if "timestamp" in t.column_names else pa.nulls(t.num_rows, pa.int64()))
+        _add_tags(rel, user, key_column(t["movieId"], path=src, column="movieId"),
+                  t["tag"].combine_chunks(), ts)
         rel.files.append(tags_p)
     return rel
 
@@ -236,19 +341,25 @@ def _dat(folder: Path) -> _Release:
     rel = _Release(ratings=ratings, movie_keys=keys, titles=titles, genres=genres,
                    files=[ratings_p, movies_p])
     if tags_p.is_file():  # ml-10m: UserID::MovieID::Tag::Timestamp (a tag may hold ':')
-        movies, tag_text = [], []
+        users, movies, tag_text, stamps = [], [], [], []
         for row, line in _lines(tags_p, report):
             user, s1, rest = line.partition("::")
             movie, s2, rest = rest.partition("::")
-            tag, s3, _ts = rest.rpartition("::")
-            if not (s1 and s2 and s3 and movie.strip()):
+            tag, s3, ts = rest.rpartition("::")
+            if not (s1 and s2 and s3 and user.strip() and movie.strip()):
                 raise DataError(f"expected UserID::MovieID::Tag::Timestamp, got "
                                 f"{line[:80]!r}", path=str(tags_p), row=row)
+            try:
+                stamps.append(int(ts))
+            except ValueError:
+                raise DataError(f"cannot read {ts!r} as a timestamp (an integer)",
+                                path=str(tags_p), row=row, column="Timestamp") from None
+            users.append(user.strip())
             movies.append(movie.strip())
             tag_text.append(tag)
-        rel.tags, tag_report = _top_tags(pa.array(movies, pa.string()),
-                                         pa.array(tag_text, pa.string()))
-        report.update(tag_report)
+        rel.report = report
+        _add_tags(rel, pa.array(users, pa.string()), pa.array(movies, pa.string()),
+                  pa.array(tag_text, pa.string()), pa.array(stamps, pa.int64()))
         rel.files.append(tags_p)
     if users_p.is_file():  # ml-1m: UserID::Gender::Age::Occupation::Zip-code
         rows = []

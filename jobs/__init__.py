@@ -8,6 +8,7 @@ JOBS = {
     "profiles": "recalign.jobs.profiles",
     "embed": "recalign.jobs.embed",
     "train": "recalign.jobs.train",
+    "cllm4rec": "recalign.jobs.cllm4rec",
     "nightly": "recalign.jobs.nightly",
     "demo": "recalign.jobs.demo",
     "export": "recalign.jobs.export",

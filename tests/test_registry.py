@@ -115,9 +115,9 @@ def test_each_registry_lists_its_names() -> None:
 
     assert SOURCES.names() == ["amazon-reviews", "amazon-sequences", "csv", "movielens",
                                "parquet", "rlmrec", "synthetic", "unisrec"]
-    assert known_backbones() == ["autocf", "bert4rec", "cl4srec", "dccf", "duorec", "fdsa",
-                                 "gccf", "gru4rec", "lightgcn", "sasrec", "semantic-only",
-                                 "sgl", "simgcl", "srgnn"]
+    assert known_backbones() == ["autocf", "bert4rec", "cl4srec", "cllm4rec", "dccf", "duorec",
+                                 "fdsa", "gccf", "gru4rec", "lightgcn", "multivae", "sasrec",
+                                 "semantic-only", "sgl", "simgcl", "srgnn"]
     assert known_alignments() == ALIGNMENTS.names() == ["darec", "none", "rlmrec-con",
                                                         "rlmrec-gen"]
     assert GENERATION_ENGINES.names() == ["openai", "transformers", "vllm"]
@@ -135,7 +135,7 @@ def test_each_registry_error_names_kind_and_known_names() -> None:
         (lambda: get_source("nope"), "data.source: unknown source 'nope'; known sources: "
                                      "amazon-reviews, amazon-sequences, csv, "),
         (lambda: get_backbone("nope"), "model.backbone: unknown backbone 'nope'; known "
-                                       "backbones: autocf, bert4rec, cl4srec, dccf, duorec, "),
+                                       "backbones: autocf, bert4rec, cl4srec, cllm4rec, dccf, "),
         (lambda: build_alignment("nope"), "align.method: unknown alignment 'nope'; known "
                                           "alignments: darec, none, rlmrec-con, rlmrec-gen"),
         (lambda: build_generation_engine(LLMConfig.model_construct(engine="nope")),

@@ -29,18 +29,10 @@ from recalign.errors import ConfigError  # noqa: E402
 from recalign.train.api import make_trainer, train  # noqa: E402
 
 
-def tiny_lm(folder: Path, tokenizer_from: str, hidden: int = 32, context: int = 512) -> str:
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_lm(folder: Path, tokenizer_from: str, hidden: int = 32) -> str:
+    from recalign.models.cllm4rec import random_lm
 
-    if not (folder / "config.json").exists():
-        torch.manual_seed(0)
-        conf = LlamaConfig(vocab_size=49152, hidden_size=hidden, intermediate_size=2 * hidden,
-                           num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                           max_position_embeddings=context, tie_word_embeddings=True)
-        LlamaForCausalLM(conf).save_pretrained(folder)
-        for f in ("tokenizer.json", "tokenizer_config.json"):
-            shutil.copy(Path(tokenizer_from) / f, folder / f)
-    return str(folder)
+    return random_lm(folder, tokenizer_from, hidden=hidden)
 
 
 @pytest.fixture(scope="module")
@@ -162,15 +154,18 @@ def _unpad(batch) -> list[list[int]]:
     return [batch.ids[r, :int(batch.mask[r].sum())].tolist() for r in range(len(batch))]
 
 
-@pytest.mark.parametrize("kind", ["collab", "content", "rec"])
+@pytest.mark.parametrize("kind", ["collab", "content", "rec", "rec-all"])
 def test_losses_match_a_per_document_brute_force(tmp_path: Path, lm: str, kind: str) -> None:
     folder = clustered(tmp_path / "c", users=6, n_train=7)
+    target = "all" if kind == "rec-all" else "heldout"
+    kind = kind[:3] if kind.startswith("rec") else kind
     phase = "finetune" if kind == "rec" else "pretrain"
     cfg = cfg_of(folder, lm, phase=phase, warmup_epochs=0, lam=0.7)
     if phase == "finetune":  # a pretraining run to start from
         pre = train(cfg_of(folder, lm, warmup_epochs=0), load_dataset(cfg.data),
                     run_dir=str(tmp_path / "pre"))
-        cfg = cfg_of(folder, lm, phase=phase, lam=0.7, init_from=pre["run_dir"])
+        cfg = cfg_of(folder, lm, phase=phase, lam=0.7, init_from=pre["run_dir"],
+                     finetune_target=target)
     tr = make_trainer(cfg, load_dataset(cfg.data))
     task = tr.task
     task._drawn = 1
@@ -194,8 +189,12 @@ def test_losses_match_a_per_document_brute_force(tmp_path: Path, lm: str, kind: 
                 prompt_items = {t - data.item0 for t in ids if t >= data.item0}
                 train_items = set(data.train_of(int(ids[0] - data.user0)).tolist())
                 k = max(1, int(np.floor(0.2 * len(train_items))))
-                assert len(goal) == k and prompt_items | set(goal.tolist()) == train_items
-                assert not prompt_items & set(goal.tolist())
+                assert len(prompt_items) == len(train_items) - k
+                if target == "heldout":  # the removed items (paper)
+                    assert len(goal) == k and prompt_items | set(goal.tolist()) == train_items
+                    assert not prompt_items & set(goal.tolist())
+                else:  # every training item (the authors' code)
+                    assert sorted(goal.tolist()) == sorted(train_items)
                 continue
             plen = (1 + len(data.pieces["interacted"]) if kind == "collab"
                     else 3 + len(data.pieces["wrote"]) + len(data.pieces["colon"]) - 1)
@@ -218,6 +217,34 @@ def test_losses_match_a_per_document_brute_force(tmp_path: Path, lm: str, kind: 
     assert float(got[key]) == pytest.approx(want_main, rel=1e-4)
     assert float(got["mutual"]) == pytest.approx(want_reg, rel=1e-4)
     assert float(got["loss"].detach()) == pytest.approx(want_main + 0.7 * want_reg, rel=1e-4)
+
+
+def test_sampled_softmax_is_the_logq_corrected_loss_over_shared_negatives(
+        tmp_path: Path, lm: str) -> None:
+    """``loss: sampled`` (catalogues too large for full logits): the collaborative LM's loss
+    over the target and the batch's shared negatives, each logit minus log q (uniform here),
+    a negative equal to the target masked; computed by hand from the same draw."""
+    folder = clustered(tmp_path / "c", users=6)
+    cfg = cfg_of(folder, lm, warmup_epochs=0, loss="sampled", negatives=7)
+    tr = make_trainer(cfg, load_dataset(cfg.data))
+    task, m = tr.task, tr.task.model
+    task._drawn = 1
+    batch = next(iter(task._kind_batches("collab", 3)))
+    h = m.hidden(batch.ids, batch.mask, "collab").reshape(-1, m.dim)[batch.pos]
+    state = task.neg_gen.get_state()
+    got = task._item_ce(h, batch.targets)
+    task.neg_gen.set_state(state)
+    neg = task.sampler.sample(7, task.neg_gen) - 1  # item ids
+    items = m.collab.all_rows()[1]
+    logq = -np.log(m.n_items)
+    want = 0.0
+    for hp, t in zip(h, batch.targets):
+        logits = torch.cat([(hp @ items[t]).reshape(1) - logq, hp @ items[neg].T - logq])
+        logits[1:][neg == t] = -float("inf")
+        want -= float(torch.log_softmax(logits, 0)[0])
+    assert float(got) == pytest.approx(want, rel=1e-5)
+    out = train(cfg, load_dataset(cfg.data))
+    assert out["history"][-1]["collab_ce"] < out["history"][0]["collab_ce"]
 
 
 def test_only_the_trained_side_learns_and_the_lm_stays_frozen(tmp_path: Path, lm: str) -> None:
@@ -278,6 +305,21 @@ def test_learns_topic_clusters_through_the_job(tmp_path: Path, lm: str,
     assert summary["phases"] == ["pretrain", "finetune", "predict"]
     assert summary["finetune"]["test"]["recall@20"] == pytest.approx(recall20, abs=1e-6)
     assert recall20 >= 0.9
+    # the snapshot becomes a FAISS index that recalign query serves
+    from recalign.jobs import export as export_job
+    from recalign.jobs import query as query_job
+
+    sets = ["--config", str(conf), "--set", "export.source_artifact=cllm4rec"]
+    assert export_job.main(sets) == 0
+    assert query_job.main(sets + ["--user", keys[0], "-k", "3", "--include-train"]) == 0
+    served = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    from recalign.index.retrieval import embedding_arrays
+
+    _, ukeys, uvec = embedding_arrays(ft.read_table("users"))
+    _, ikeys_s, ivec = embedding_arrays(ft.read_table("items"))
+    scores = ivec @ uvec[ukeys.to_pylist().index(keys[0])]
+    assert [r["key"] for r in served["items"]] == [ikeys_s[int(j)].as_py()
+                                                   for j in np.argsort(-scores)[:3]]
     assert ft.manifest["vectors"].startswith("RecLLM user states")
 
 

@@ -19,6 +19,8 @@ ranks.
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -97,6 +99,28 @@ def load_lm(name: str | None, dtype: str = "float32") -> tuple[Any, Any, str]:
     lm.requires_grad_(False)
     lm.eval()
     return lm, tok, path
+
+
+def random_lm(folder: str | Path, tokenizer_from: str | Path, *, hidden: int = 32,
+              layers: int = 2, context: int = 512, seed: int = 0) -> str:
+    """A randomly initialised Llama (SmolLM2's family and vocabulary) with ``tokenizer_from``'s
+    tokenizer, saved in ``folder`` (reused when present): fast tests, and throughput at a
+    chosen size (e.g. GPT-2's 768 x 12) where no checkpoint can be downloaded. It knows no
+    language: never a result's backbone."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        torch.manual_seed(seed)
+        heads = max(1, hidden // 64) if hidden >= 64 else 2
+        conf = LlamaConfig(vocab_size=49152, hidden_size=hidden, intermediate_size=4 * hidden,
+                           num_hidden_layers=layers, num_attention_heads=heads,
+                           num_key_value_heads=1, max_position_embeddings=context,
+                           tie_word_embeddings=True)
+        LlamaForCausalLM(conf).save_pretrained(folder)
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(Path(tokenizer_from) / f, folder / f)
+    return str(folder)
 
 
 def lm_vocab(lm: Any) -> int:
@@ -196,4 +220,4 @@ class CLLM4Rec(nn.Module):
         return F.cross_entropy(logits, targets, reduction="sum")
 
 
-__all__ = ["CLLM4Rec", "CLLM4RecParams", "load_lm", "lm_vocab"]
+__all__ = ["CLLM4Rec", "CLLM4RecParams", "load_lm", "lm_vocab", "random_lm"]

@@ -300,6 +300,10 @@ class Trainer:
                                       if self.train_s else None),
                    **task.summary(),
                    "peak_rss_mb": [round(x, 1) for x in rss]}
+        for k, v in list(summary.items()):  # a task's own counts (tokens_trained) get a rate
+            if k.endswith("_trained") and k != f"{units}_trained" and isinstance(v, int):
+                summary[k.replace("_trained", "_per_s")] = (round(v / self.train_s, 1)
+                                                            if self.train_s else None)
         write_run_files(self.inp.run_dir, c, summary)
         return summary
 

@@ -255,7 +255,8 @@ def test_only_the_trained_side_learns_and_the_lm_stays_frozen(tmp_path: Path, lm
     before = {k: v.clone() for k, v in m.lm.state_dict().items()}
     assert not any(q.requires_grad for q in m.lm.parameters())
     # the optimizer holds the 4 tables and nothing else
-    assert sum(q.numel() for q in tr.optim.params) == 2 * (task.data.n_users + task.data.n_items) * 32
+    rows = task.data.n_users + task.data.n_items
+    assert sum(q.numel() for q in tr.optim.params) == 2 * rows * 32
     task._drawn = 1
     for kind, trained, frozen in (("collab", m.collab, m.content),
                                   ("content", m.content, m.collab)):
@@ -390,8 +391,10 @@ def test_resume_continues_the_phase_schedule_exactly(tmp_path: Path, lm: str) ->
     straight = train(cfg(4), ds)
     store = FolderCheckpoints(str(tmp_path / "run"))
     save = lambda local, epoch, metrics: store.save(local, epoch)  # noqa: E731
-    train(cfg(2), ds, hooks=Hooks(save=save))
-    resumed = train(cfg(4), ds, hooks=Hooks(load=store.latest, save=save))
+    # one run folder, as a real resume: the best weights of the first part stay readable
+    run = str(tmp_path / "run")
+    train(cfg(2), ds, hooks=Hooks(save=save), run_dir=run)
+    resumed = train(cfg(4), ds, hooks=Hooks(load=store.latest, save=save), run_dir=run)
     assert resumed["resumed_from_epoch"] == 2
     strip = lambda hs: [{k: v for k, v in h.items() if not k.endswith("_s")} for h in hs]  # noqa
     assert strip(resumed["history"]) == strip(straight["history"])

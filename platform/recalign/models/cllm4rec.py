@@ -3,8 +3,11 @@
 Every weight of the LM is frozen (no gradient, no optimizer state); only four tables train,
 each of the LM's hidden width: collaborative ``Z^l`` and content ``Z^c`` rows for users and
 items (two :func:`recalign.tables.make_id_tables` pairs, plain torch or TorchRec), initialised
-N(0, ``init_std``²). The LM reads ``inputs_embeds`` built from its word embeddings and those
-rows (:mod:`recalign.data.documents` for the id space) and returns its last hidden states.
+N(0, ``init_std``²). With ``tables: sharded`` the four tables are one TorchRec collection
+(:class:`SideTables` views of it, see :meth:`CLLM4Rec.use_sharded_tables`) row-wise sharded
+over the ranks and trained by a fused fbgemm optimizer (``table_optimizer``). The LM reads
+``inputs_embeds`` built from its word embeddings and those rows (the id space:
+:mod:`recalign.data.documents`) and returns its last hidden states.
 
 Heads (REFERENCE.md): the collaborative LM scores the next token against the item rows of
 ``Z^l`` only (tied); the content LM is the LM's own word head (words only); RecLLM scores every
@@ -74,8 +77,15 @@ class CLLM4RecParams(BaseModel):
         "(logQ-corrected, shared negatives) for very large catalogues")
     negatives: int = Field(1024, ge=1, description="sampled: negatives per batch")
     eval_batch: int = Field(32, ge=1, description="users per LM forward when scoring")
-    tables: Literal["torch", "torchrec"] = Field(
-        "torch", description="table backend: nn.Embedding, or TorchRec embedding-bag tables")
+    tables: Literal["torch", "torchrec", "sharded"] = Field(
+        "torch", description="table backend: nn.Embedding, TorchRec embedding-bag tables, or "
+        "(sharded) one TorchRec collection row-wise sharded over the ranks with a fused "
+        "optimizer (table_optimizer, not lr) for millions of users and items")
+    table_optimizer: dict[str, Any] = Field(
+        default_factory=lambda: {"name": "rowwise_adagrad", "lr": 0.05},
+        description="tables: sharded only: the fused optimizer of the token rows "
+        "(recalign.tables.optim.TableOptimizerSpec; on CPU fbgemm fuses sgd, adagrad, "
+        "rowwise_adagrad)")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="the frozen LM's dtype")
 
     def resolved_lr(self) -> float:
@@ -127,6 +137,41 @@ def lm_vocab(lm: Any) -> int:
     return int(lm.get_input_embeddings().num_embeddings)
 
 
+class SideTables:
+    """One side (``collab`` 0 / ``content`` 1) of the shared sharded collection, with the
+    ``lookup``/``all_rows`` interface of an id-table pair. Both sides of an id interleave
+    (row ``2 id + side``) so every rank's row block holds both sides of its ids.
+
+    Every lookup is a collective when sharded: its KJT batch size is agreed over the ranks
+    with ``size`` (``Dist.max_int``; identity in one process) before each call. Not an
+    ``nn.Module``: the rows are the collection's parameters, counted once."""
+
+    def __init__(self, owner: "CLLM4Rec", side: int) -> None:
+        self.owner, self.side = owner, side
+
+    def lookup(self, user_ids: torch.Tensor, item_ids: torch.Tensor,
+               batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        o = self.owner
+        n = o.lookup_size(max(user_ids.numel(), item_ids.numel(), 1, batch_size or 0))
+        return o.tables.lookup(2 * user_ids.long() + self.side,
+                               2 * item_ids.long() + self.side, batch_size=n)
+
+    def all_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All user rows and all item rows of this side (the same batch on every rank)."""
+        o = self.owner
+        dev = o.lookup_device
+        return self.lookup(torch.arange(o.n_users, device=dev),
+                           torch.arange(o.n_items, device=dev))
+
+    def item_rows(self) -> torch.Tensor:
+        o = self.owner
+        none = torch.zeros(0, dtype=torch.int64, device=o.lookup_device)
+        return self.lookup(none, torch.arange(o.n_items, device=o.lookup_device))[1]
+
+    def parameters(self) -> list[nn.Parameter]:
+        return []  # the shared collection's rows train through the fused optimizer
+
+
 @register_backbone("cllm4rec")
 class CLLM4Rec(nn.Module):
     task: ClassVar[str] = "lm"
@@ -144,17 +189,40 @@ class CLLM4Rec(nn.Module):
         self.dim = int(lm.get_input_embeddings().embedding_dim)
         self.n_users, self.n_items = int(n_users), int(n_items)
         dev = torch.device(device)
+        self.sharded = p.tables == "sharded"
+        self.tables: Any = None
+        self.lookup_device = dev
+        if self.sharded:  # the task builds the collection: use_sharded_tables
+            self.collab: Any = SideTables(self, 0)
+            self.content: Any = SideTables(self, 1)
+            return
         self.collab = make_id_tables(n_users, n_items, self.dim, device=dev, backend=p.tables)
         self.content = make_id_tables(n_users, n_items, self.dim, device=dev, backend=p.tables)
 
+    def table_rows(self) -> tuple[int, int]:
+        """(user rows, item rows) of the shared collection: both sides of every id."""
+        return 2 * self.n_users, 2 * self.n_items
+
+    def use_sharded_tables(self, tables: nn.Module, lookup_size: Any) -> None:
+        """``tables: sharded``: read both sides from ``tables`` (an ``IdTables`` of
+        :meth:`table_rows`, sharded or not); ``lookup_size(n)`` agrees on one KJT batch size
+        over the ranks."""
+        self.tables = tables
+        self.lookup_size = lookup_size
+
     def init_tables(self, seed: int) -> None:
-        """N(0, init_std²) from a generator of its own: the same rows for any world size."""
+        """N(0, init_std²) from a generator of its own: the same rows for any world size
+        (sharded: the task fills each rank's rows, :func:`seeded_normal_rows`)."""
+        if self.sharded:
+            return
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for t in self.token_parameters():
                 t.copy_(torch.randn(t.shape, generator=g) * self.p.init_std)
 
     def token_parameters(self) -> list[nn.Parameter]:
+        if self.sharded:
+            return list(self.tables.parameters()) if self.tables is not None else []
         return [q for t in (self.collab, self.content) for q in t.parameters()]
 
     def train(self, mode: bool = True) -> "CLLM4Rec":
@@ -183,6 +251,8 @@ class CLLM4Rec(nn.Module):
         return out.last_hidden_state.float()
 
     def item_rows(self) -> torch.Tensor:
+        if self.sharded:  # a lookup of every item (a collective), not the user rows too
+            return self.collab.item_rows()
         return self.collab.all_rows()[1]
 
     def item_logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -220,4 +290,17 @@ class CLLM4Rec(nn.Module):
         return F.cross_entropy(logits, targets, reduction="sum")
 
 
-__all__ = ["CLLM4Rec", "CLLM4RecParams", "load_lm", "lm_vocab", "random_lm"]
+def seeded_normal_rows(table: str, lo: int, hi: int, dim: int, std: float, seed: int,
+                       cols: tuple[int, int] | None = None) -> torch.Tensor:
+    """Rows ``lo..hi`` of ``table`` drawn N(0, std²) from the world-size independent seeded
+    uniform rows (:func:`recalign.tables.seeded_init.seeded_rows`) by the inverse normal CDF:
+    the same values however the rows are split over ranks."""
+    from recalign.tables.seeded_init import seeded_rows
+
+    u = seeded_rows(table, lo, hi, dim, 0.0, 1.0, seed, cols=cols)
+    u = u.clamp(1e-7, 1 - 1e-7)  # uniform_ may draw 0: erfinv(-1) is -inf
+    return torch.special.erfinv(2 * u - 1) * (2 ** 0.5 * std)
+
+
+__all__ = ["CLLM4Rec", "CLLM4RecParams", "SideTables", "load_lm", "lm_vocab", "random_lm",
+           "seeded_normal_rows"]

@@ -14,6 +14,11 @@
 * **Ranks**: data parallel over documents — every rank holds the frozen LM and the tables,
   takes its contiguous slice of each global batch (the same global order on every rank), and
   the trainer averages gradients; losses are scaled so that average is the global batch's.
+  With ``tables: sharded`` the tables are instead one TorchRec collection row-wise sharded over
+  the ranks (fused optimizer; TorchRec averages the row gradients over the world). Every
+  sharded lookup is a collective, so every rank makes the same lookups with the same (agreed)
+  batch sizes: no per-rank early return in the losses, and evaluation/export compute their
+  users' states in a number of chunks agreed over the ranks, idle ranks looking up nothing.
 * **Export**: pretrain — the collaborative token rows (CLLM4Rec-Emb); finetune — RecLLM user
   states (from every training item) and the item rows, whose inner products are the scores.
 """
@@ -146,6 +151,9 @@ class LMTask(Task):
                               "run's folder (recalign cllm4rec --phase all chains them)")
         if p.init_from is not None:
             check_init_from(p.init_from, cls.meta(cfg, data))
+        if p.tables == "sharded" and p.lr is not None:
+            raise ConfigError("model.params.lr is the dense Adam's; with tables: sharded the "
+                              "rows train by the fused table_optimizer (set its lr)")
 
     # ------------------------------------------------------------------ worker side
     def build(self) -> Optimizers:
@@ -158,6 +166,10 @@ class LMTask(Task):
                               f"documents were made for {self.data.vocab}")
         self.model = CLLM4Rec(lm.to(d.device), self.data.n_users, self.data.n_items, p,
                               d.device)
+        self.dmp: Any = None
+        self.fused_opt: Any = None
+        if p.tables == "sharded":
+            self._use_tables()
         self.model.init_tables(cfg.train.seed)
         if p.init_from is not None:
             self._load_init(p.init_from)
@@ -172,7 +184,55 @@ class LMTask(Task):
         self.truncated = {"documents": 0, "prompts": 0}
         spec = TableOptimizerSpec(**cfg.train.optimizer.model_dump())
         spec = spec.model_copy(update={"kernel": "dense", "lr": p.resolved_lr()})
+        if self.model.sharded:  # the rows update inside backward: no dense parameter left
+            return Optimizers([], spec, self.fused_opt)
         return Optimizers(self.model.token_parameters(), spec)
+
+    def _use_tables(self) -> None:
+        """``tables: sharded``: both sides of the user and item rows in one TorchRec
+        collection with a fused optimizer — row-wise sharded over the ranks (built on the meta
+        device, each rank filling only its rows from the world-size independent seeded
+        N(0, init_std²)), or one unsharded collection in one process (the same rows and
+        optimizer, so 1 and N ranks agree)."""
+        from recalign.models.cllm4rec import seeded_normal_rows
+        from recalign.tables import IdTables, fused_supported
+
+        d, p, m, seed = self.d, self.p, self.model, self.cfg.train.seed
+        tspec = TableOptimizerSpec(**p.table_optimizer)
+        if not fused_supported(tspec.name, d.device):
+            raise ConfigError(f"model.params.table_optimizer {tspec.name!r} has no fused fbgemm "
+                              f"kernel on {d.device.type}; tables: sharded needs one (on CPU: "
+                              "sgd, adagrad, rowwise_adagrad)")
+        nu, ni = m.table_rows()
+        chunk = 1 << 16  # bounded scratch memory for huge tables
+
+        def fill(table: str, r0: int, c0: int, w: torch.Tensor) -> None:
+            rows, cols = w.shape
+            for s in range(0, rows, chunk):
+                e = min(rows, s + chunk)
+                w[s:e].copy_(seeded_normal_rows(table, r0 + s, r0 + e, m.dim, p.init_std, seed,
+                                                cols=(c0, c0 + cols)).to(w.device, w.dtype))
+
+        if d.distributed:
+            from recalign.tables.sharding import local_rows, shard_model
+
+            tables = IdTables(nu, ni, m.dim, device="meta",
+                              optimizer=tspec.model_copy(update={"kernel": "dense"}))
+            self.dmp = shard_model(tables, "ebc", "row-wise", tspec, pg=d.pg, device=d.device,
+                                   local_size=d.local_world)
+            with torch.no_grad():
+                for table, r0, c0, shard in local_rows(self.dmp):
+                    fill(table, r0, c0, shard)
+            m.use_sharded_tables(self.dmp.module, d.max_int)
+            self.fused_opt = self.dmp.fused_optimizer
+            return
+        tables = IdTables(nu, ni, m.dim, device=d.device,
+                          optimizer=tspec.model_copy(update={"kernel": "fused"}))
+        with torch.no_grad():
+            for table, w in zip(("user", "item"), tables.weights()):  # views of the live rows
+                fill(table, 0, 0, w)
+        m.use_sharded_tables(tables, lambda n: n)
+        self.fused_opt = tables.fused_optimizer()
 
     def _load_init(self, run_dir: str) -> None:
         from recalign.train.checkpoint import BestWeights
@@ -183,6 +243,8 @@ class LMTask(Task):
                               "(no validation finished)")
         state = self.weights_state()
         BestWeights(run_dir, self.d.distributed, self.d.rank, self.d.barrier).load(state, best)
+        if self.model.sharded:  # not only in place: the fused kernel's rows may be copies
+            self.load_weights_state(state)
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.model]
@@ -308,6 +370,8 @@ class LMTask(Task):
         scale = d.world / denom if denom else 0.0
         out = {key: (main * scale / d.world).detach()}
         loss = main * scale
+        # the same on every rank (the kind and epoch; every rank has >= 1 document): a
+        # sharded lookup inside is a collective
         if batch.reg_docs:
             mu = m.mutual(batch.reg_users, batch.reg_items, side)
             r = self.p.lam * mu * d.world / batch.global_size
@@ -320,7 +384,7 @@ class LMTask(Task):
 
     def _item_ce(self, hp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         m = self.model
-        if targets.numel() == 0:
+        if targets.numel() == 0 and not m.sharded:  # sharded: the item lookup is a collective
             return hp.sum() * 0.0
         if self.sampler is None:
             return m.token_ce(m.item_logits(hp), targets)
@@ -353,6 +417,42 @@ class LMTask(Task):
             return torch.zeros(0, self.model.dim, device=self.d.device)
         return torch.cat(out)
 
+    @torch.no_grad()
+    def _lockstep(self, ids: np.ndarray, chunk: int, fn: Any) -> torch.Tensor:
+        """``fn`` over ``ids`` in chunks of ``chunk``, as many calls on every rank (the most
+        any rank needs; a rank without ids left looks up nothing): each call makes one sharded
+        lookup, a collective. Returns the rows of all ``ids`` [n, H]."""
+        d, m = self.d, self.model
+        n = -(-ids.size // chunk)
+        if d.distributed:
+            n = d.max_int(n)
+        out = []
+        none = torch.zeros(0, dtype=torch.int64, device=d.device)
+        for k in range(n):
+            part = ids[k * chunk:(k + 1) * chunk]
+            if part.size:
+                out.append(fn(part).float())
+            else:
+                m.collab.lookup(none, none)
+        if not out:
+            return torch.zeros(0, m.dim, device=d.device)
+        return torch.cat(out)
+
+    def _states_of(self, users: np.ndarray, what: str) -> tuple[torch.Tensor, np.ndarray]:
+        """Sharded: ``users``' states (``rec``) or collaborative rows (``rows``) computed in
+        lockstep, and a position of every user id into them (-1: not computed)."""
+        m, d = self.model, self.d
+        if what == "rows":
+            none = torch.zeros(0, dtype=torch.int64, device=d.device)
+            fn = lambda ids: m.collab.lookup(torch.as_tensor(ids, device=d.device),  # noqa
+                                             none)[0]
+            states = self._lockstep(users, 4096, fn)
+        else:
+            states = self._lockstep(users, self.p.eval_batch, self.user_states)
+        where = np.full(self.data.n_users, -1, dtype=np.int64)
+        where[users] = np.arange(users.size)
+        return states, where
+
     def evaluate(self, split: str) -> dict[str, float]:
         ev, data = self.cfg.eval, self.data
         was = self.model.training
@@ -364,6 +464,11 @@ class LMTask(Task):
             return (self.user_states(ids.numpy()) @ items.T).cpu()
 
         users = eval_users(heldout, ev.max_users, self.cfg.train.seed, self.d)
+        if self.model.sharded:  # the states first, in lockstep; then scoring is local
+            states, where = self._states_of(np.asarray(users, dtype=np.int64), "rec")
+
+            def score(ids: torch.Tensor) -> torch.Tensor:  # noqa: F811
+                return (states[torch.as_tensor(where[ids.numpy()])] @ items.T).cpu()
         out = ranking_metrics(score, heldout, data.train_matrix(), users, self.proto,
                               ev.chunk_size or max(1, self.p.eval_batch * 8), self.d)
         out = with_sums(out)
@@ -371,19 +476,32 @@ class LMTask(Task):
         return out
 
     # ------------------------------------------------------------------ state
+    def _tables_module(self) -> torch.nn.Module:
+        return self.dmp if self.dmp is not None else self.model.tables
+
     def weights_state(self) -> dict[str, Any]:
+        if self.model.sharded:  # sharded: each rank's shards (ShardedTensors)
+            return {"tables": self._tables_module().state_dict()}
         return {"collab": self.model.collab.state_dict(),
                 "content": self.model.content.state_dict()}
 
     def load_weights_state(self, state: dict[str, Any]) -> None:
+        if self.model.sharded:
+            self._tables_module().load_state_dict(state["tables"])
+            return
         self.model.collab.load_state_dict(state["collab"])
         self.model.content.load_state_dict(state["content"])
 
     def sharded_state(self) -> dict[str, Any]:
-        return self.weights_state()
+        out = self.weights_state()
+        if self.fused_opt is not None:  # the fused optimizer's (sharded) row state
+            out["optim"] = self.fused_opt.state_dict()
+        return out
 
     def load_sharded_state(self, state: dict[str, Any]) -> None:
         self.load_weights_state(state)
+        if self.fused_opt is not None and "optim" in state:
+            self.fused_opt.load_state_dict(state["optim"])
 
     def rank_state(self) -> dict[str, Any]:
         return {"drawn": self._epochs_drawn, "tokens": self.tokens,
@@ -402,8 +520,22 @@ class LMTask(Task):
         d, inp = self.d, self.inp
         was = self.model.training
         self.model.eval()
-        users_w, items_w = (t.detach().float() for t in self.model.collab.all_rows())
-        rows = ((lambda ids: users_w[ids]) if self.p.phase == "pretrain" else self.user_states)
+        if self.model.sharded:
+            from recalign.train.export import owned_ranges
+
+            items_w = self.model.item_rows().detach().float()
+            # this rank's users (export_user_states' block) in lockstep, then written locally
+            own = owned_ranges([], {"user": self.data.n_users, "item": self.data.n_items},
+                               d.rank, d.world, set())["user"]
+            mine = np.concatenate([np.arange(lo, hi) for lo, hi in own] or
+                                  [np.zeros(0, dtype=np.int64)]).astype(np.int64)
+            states, where = self._states_of(
+                mine, "rows" if self.p.phase == "pretrain" else "rec")
+            rows: Any = lambda ids: states[torch.as_tensor(where[ids])]  # noqa: E731
+        else:
+            users_w, items_w = (t.detach().float() for t in self.model.collab.all_rows())
+            rows = ((lambda ids: users_w[ids]) if self.p.phase == "pretrain"
+                    else self.user_states)
         parts = export_user_states(inp.export, d.rank, d.world,  # type: ignore[arg-type]
                                    self.data.n_users, rows, items_w, inp.item_keys,
                                    inp.user_keys, chunk=1024)
@@ -418,9 +550,13 @@ class LMTask(Task):
 
     def summary(self) -> dict[str, Any]:
         frozen = sum(q.numel() for q in self.model.lm.parameters())
-        trained = sum(q.numel() for q in self.model.token_parameters())
+        trained = (2 * (self.data.n_users + self.data.n_items) * self.model.dim
+                   if self.model.sharded  # the parameters are this rank's shards only
+                   else sum(q.numel() for q in self.model.token_parameters()))
         return {"model": {"backbone": "cllm4rec", "params": self.p.model_dump()},
-                "meta": self.meta(self.cfg, self.data), "phase": self.p.phase, "lm": self.data.report.get("lm"),
+                "tables": self.p.tables,
+                "meta": self.meta(self.cfg, self.data), "phase": self.p.phase,
+                "lm": self.data.report.get("lm"),
                 "lm_parameters_frozen": frozen, "table_parameters": trained,
                 "table_mib": round(trained * 4 / 2**20, 2), "tokens_trained": self.tokens,
                 "truncated": dict(self.truncated), "documents": dict(self.data.report)}

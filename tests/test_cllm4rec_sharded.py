@@ -1,0 +1,112 @@
+"""CLLM4Rec with ``tables: sharded``: the token tables row-wise sharded over gloo ranks (fused
+row-wise Adagrad) follow the one-process run of the same tables, each rank holds about half of
+the rows, and fine-tuning starts from a sharded pretraining run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gloo_ranks import spawn_ranks  # noqa: E402
+from test_cllm4rec import cfg_of, clustered, lm  # noqa: E402,F401  (lm: the module fixture)
+
+from recalign.data.ingest import load_dataset  # noqa: E402
+from recalign.train.api import make_trainer, train  # noqa: E402
+
+# curves of the 2-rank run against 1 process: the same rows and fused optimizer, only the
+# reduction order of the row gradients differs (float32; measured ~3e-8)
+REL = 1e-5
+# 11 users, 5 per LM forward when scoring: rank 0 scores 6 users in 2 chunks, rank 1 5 in 1,
+# so rank 1 makes the idle lookup that keeps the sharded lookups in lockstep
+SHARDED = {"warmup_epochs": 1, "tables": "sharded", "eval_batch": 5}
+
+
+def _rank(rank: int, folder: str, lm: str, out: dict) -> None:
+    from recalign.tables.sharding import local_rows
+    from recalign.train.dist import Dist
+    from recalign.train.export import ExportTarget
+    from recalign.train.tasks import task_of, with_task_defaults
+    from recalign.train.trainer import RunInputs, Trainer
+
+    cfg = with_task_defaults(cfg_of(Path(folder), lm, **SHARDED))
+    ds = load_dataset(cfg.data)
+    data = task_of(cfg).prepare(cfg, ds)
+    inp = RunInputs(config=cfg.model_dump(mode="json"), data=data, user_keys=ds.user_map.keys,
+                    item_keys=ds.item_map.keys, run_dir=f"{folder}/run2",
+                    export=ExportTarget(f"{folder}/snap", ds.name, "v=20240101T000000-sharded"))
+    tr = Trainer(inp, Dist(rank, 2))
+    r = tr.run()
+    rows: dict[str, int] = {}
+    for table, _, _, shard in local_rows(tr.task.dmp):
+        rows[table] = rows.get(table, 0) + int(shard.shape[0])
+    out[f"rows{rank}"] = rows
+    if rank == 0:
+        out["summary"] = {"test": r["test"], "valid": r["valid"]}
+        out["curves"] = json.loads(Path(f"{folder}/run2/curves.json").read_text())
+
+
+def test_two_sharded_ranks_follow_the_one_process_run(tmp_path: Path, lm: str) -> None:
+    folder = clustered(tmp_path / "c", users=11)
+    ds = load_dataset(cfg_of(folder, lm).data)
+    one = train(cfg_of(folder, lm, **SHARDED), ds, keep_model=True)
+    with mp.Manager() as mgr:
+        shared = mgr.dict()
+        spawn_ranks(_rank, 2, str(folder), lm, shared)
+        out = dict(shared)
+    c = out["curves"]
+    for k in ("collab_ce", "content_ce", "mutual", "loss"):
+        want = [h.get(k) for h in one["history"]]
+        got = c["loss"][k]
+        assert any(a is not None for a in want), k
+        for a, b in zip(want, got):
+            assert (a is None and b is None) or a == pytest.approx(b, rel=REL), (k, want, got)
+    for m in ("recall@20", "recall@40", "ndcg@100"):
+        assert out["summary"]["test"][m] == pytest.approx(one["test"][m], abs=1e-6)
+    # the export (each rank its block of users, looked up in lockstep): the 1-process rows
+    from recalign.index.retrieval import embedding_arrays
+    from recalign.storage.snapshot import SnapshotStore
+    from recalign.train.export import ARTIFACT
+
+    snap = SnapshotStore(str(folder / "snap")).open(ds.name, ARTIFACT)
+    _, ukeys, uvec = embedding_arrays(snap.read_table("users"))
+    _, ikeys, ivec = embedding_arrays(snap.read_table("items"))
+    users_1, items_1 = (t.detach().numpy() for t in one["task"].model.collab.all_rows())
+    keys = ds.user_map.keys.to_pylist()
+    assert sorted(ukeys.to_pylist()) == sorted(keys)
+    order = [keys.index(k) for k in ukeys.to_pylist()]
+    assert uvec == pytest.approx(users_1[order], abs=1e-6)
+    ik = ds.item_map.keys.to_pylist()
+    assert ivec == pytest.approx(items_1[[ik.index(k) for k in ikeys.to_pylist()]], abs=1e-6)
+    # row-wise: each rank holds half of the rows of each table (both sides of its ids)
+    n_users, n_items = ds.n_users, ds.n_items
+    for rank in (0, 1):
+        rows = out[f"rows{rank}"]
+        assert abs(rows["user"] - n_users) <= 1 and abs(rows["item"] - n_items) <= 1, rows
+    assert out["rows0"]["user"] + out["rows1"]["user"] == 2 * n_users
+    assert out["rows0"]["item"] + out["rows1"]["item"] == 2 * n_items
+
+
+def test_sharded_tables_learn_and_finetune_from_a_sharded_pretraining(tmp_path: Path,
+                                                                    lm: str) -> None:
+    folder = clustered(tmp_path / "c", users=8)
+    ds = load_dataset(cfg_of(folder, lm).data)
+    pre = train(cfg_of(folder, lm, warmup_epochs=0, tables="sharded"), ds,
+                run_dir=str(tmp_path / "pre"), keep_model=True)
+    h = pre["history"]
+    assert h[-1]["collab_ce"] < h[0]["collab_ce"]  # the fused optimizer trains the rows
+    assert pre["test"]["users_evaluated"] == 8
+    rows = pre["task"].model.item_rows().detach()
+    # fine-tuning starts from the pretraining run's best rows
+    cfg = cfg_of(folder, lm, phase="finetune", tables="sharded", init_from=pre["run_dir"])
+    tr = make_trainer(cfg, ds)
+    assert torch.equal(tr.task.model.item_rows().detach(), rows)
+    assert tr.optim.dense is None and tr.optim.fused is not None
+    ft = train(cfg, ds)
+    assert all(x["rec_nll"] > 0 for x in ft["history"])
+    assert ft["test"]["users_evaluated"] == 8

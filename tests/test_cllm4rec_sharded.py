@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).parent))
 from gloo_ranks import spawn_ranks  # noqa: E402
-from test_cllm4rec import cfg_of, clustered, lm  # noqa: E402,F401  (lm: the module fixture)
+from test_cllm4rec import assert_same_curves, cfg_of, clustered, lm  # noqa: E402,F401 (lm: fixture)
 
 from recalign.data.ingest import load_dataset  # noqa: E402
 from recalign.train.api import make_trainer, train  # noqa: E402
@@ -59,13 +59,7 @@ def test_two_sharded_ranks_follow_the_one_process_run(tmp_path: Path, lm: str) -
         shared = mgr.dict()
         spawn_ranks(_rank, 2, str(folder), lm, shared)
         out = dict(shared)
-    c = out["curves"]
-    for k in ("collab_ce", "content_ce", "mutual", "loss"):
-        want = [h.get(k) for h in one["history"]]
-        got = c["loss"][k]
-        assert any(a is not None for a in want), k
-        for a, b in zip(want, got):
-            assert (a is None and b is None) or a == pytest.approx(b, rel=REL), (k, want, got)
+    assert_same_curves(one["history"], out["curves"], rel=REL)
     for m in ("recall@20", "recall@40", "ndcg@100"):
         assert out["summary"]["test"][m] == pytest.approx(one["test"][m], abs=1e-6)
     # the export (each rank its block of users, looked up in lockstep): the 1-process rows

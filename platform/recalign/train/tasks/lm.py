@@ -460,15 +460,16 @@ class LMTask(Task):
         items = self.model.item_rows().detach().float()
         heldout = data.heldout(split)
 
-        def score(ids: torch.Tensor) -> torch.Tensor:
-            return (self.user_states(ids.numpy()) @ items.T).cpu()
-
         users = eval_users(heldout, ev.max_users, self.cfg.train.seed, self.d)
         if self.model.sharded:  # the states first, in lockstep; then scoring is local
             states, where = self._states_of(np.asarray(users, dtype=np.int64), "rec")
+            state_of: Any = lambda ids: states[torch.as_tensor(where[ids])]  # noqa: E731
+        else:
+            state_of = self.user_states
 
-            def score(ids: torch.Tensor) -> torch.Tensor:  # noqa: F811
-                return (states[torch.as_tensor(where[ids.numpy()])] @ items.T).cpu()
+        def score(ids: torch.Tensor) -> torch.Tensor:
+            return (state_of(ids.numpy()) @ items.T).cpu()
+
         out = ranking_metrics(score, heldout, data.train_matrix(), users, self.proto,
                               ev.chunk_size or max(1, self.p.eval_batch * 8), self.d)
         out = with_sums(out)

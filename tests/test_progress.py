@@ -105,3 +105,36 @@ def test_jobs_print_progress_lines_into_a_log(tmp_path: Path) -> None:
     assert re.search(r"loss \d+\.\d{4}", done[-1])
     test_line = [ln for ln in tr.stderr.splitlines() if ln.startswith("train: test, export: 2/2")]
     assert test_line and f"test recall@20 {summary['test']['recall@20']:.4f}" in test_line[-1]
+
+
+def test_a_failing_training_run_leaves_no_heartbeat_behind(monkeypatch) -> None:
+    """A run that raises (an injected fault: the epoch, then the test evaluation) closes its
+    progress lines: no heartbeat thread outlives it to print into the log forever."""
+    import threading
+
+    import pytest
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_sequential import markov_sequences, seq_config
+
+    from recalign.train.api import make_trainer
+
+    monkeypatch.setenv("RECALIGN_PROGRESS_INTERVAL", "0.05")
+
+    def beating() -> list[threading.Thread]:
+        time.sleep(0.2)
+        return [t for t in threading.enumerate()
+                if t.name == "progress-heartbeat" and t.is_alive()]
+
+    data = markov_sequences(60, 20, 6, seed=3)
+    for where in ("epoch", "test"):
+        tr = make_trainer(seq_config(max_epochs=1), data)
+        if where == "epoch":
+            monkeypatch.setattr(tr, "train_epoch", lambda: 1 / 0)
+        else:
+            real = tr.task.evaluate
+            monkeypatch.setattr(tr.task, "evaluate",
+                                lambda split: real(split) if split == "valid" else 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            tr.run()
+        assert not beating(), where

@@ -206,39 +206,41 @@ class Trainer:
         self.bar = (progress("train", "epochs", total=t.max_epochs, initial=self.epoch)
                     if d.rank == 0 else None)
         self._status = "starting"
-        while not self.done and self.epoch < t.max_epochs:
-            epoch = self.epoch
-            t0 = time.perf_counter()
-            losses = self.train_epoch()
-            t1 = time.perf_counter()
-            self.train_s += t1 - t0
-            rec: dict[str, Any] = {"epoch": epoch, **losses, "train_s": t1 - t0}
-            self.epoch = epoch + 1
-            if epoch % t.eval_every == 0:
-                valid = task.evaluate("valid")
-                t2 = time.perf_counter()
-                self.eval_s += t2 - t1
-                rec["valid"], rec["eval_s"] = valid, t2 - t1
-                if self.stop.update(valid[select], epoch, valid):
-                    self.best.save(task.weights_state(), epoch)
-                self.done = self.stop.should_stop(epoch)
-                log.debug("epoch %d loss %.4f valid %s %.4f (best %.4f @ %d)", epoch,
-                         losses.get("loss", float("nan")), select, valid[select], self.stop.best,
-                         self.stop.best_epoch)
-            if t.max_seconds is not None:  # every rank takes part: they must agree to stop
-                late = time.perf_counter() - t_start > t.max_seconds
-                self.done = self.done or d.max_int(int(late)) > 0
-            self.history.append(rec)
+        try:  # the bar's heartbeat thread stops however the loop ends
+            while not self.done and self.epoch < t.max_epochs:
+                epoch = self.epoch
+                t0 = time.perf_counter()
+                losses = self.train_epoch()
+                t1 = time.perf_counter()
+                self.train_s += t1 - t0
+                rec: dict[str, Any] = {"epoch": epoch, **losses, "train_s": t1 - t0}
+                self.epoch = epoch + 1
+                if epoch % t.eval_every == 0:
+                    valid = task.evaluate("valid")
+                    t2 = time.perf_counter()
+                    self.eval_s += t2 - t1
+                    rec["valid"], rec["eval_s"] = valid, t2 - t1
+                    if self.stop.update(valid[select], epoch, valid):
+                        self.best.save(task.weights_state(), epoch)
+                    self.done = self.stop.should_stop(epoch)
+                    log.debug("epoch %d loss %.4f valid %s %.4f (best %.4f @ %d)", epoch,
+                             losses.get("loss", float("nan")), select, valid[select], self.stop.best,
+                             self.stop.best_epoch)
+                if t.max_seconds is not None:  # every rank takes part: they must agree to stop
+                    late = time.perf_counter() - t_start > t.max_seconds
+                    self.done = self.done or d.max_int(int(late)) > 0
+                self.history.append(rec)
+                if self.bar is not None:
+                    self._status = self._epoch_status(rec, select)
+                    self.bar.set_postfix_str(self._status, refresh=False)
+                    self.bar.update(1)
+                # no per-epoch report to Ray Train: each ray.train.report is a barrier through its
+                # sync actor (~2 s here, 40x a demo epoch); the progress lines carry the epochs
+                if "valid" in rec and t.checkpoint_every and self.stop.evals % t.checkpoint_every == 0:
+                    self.save_checkpoint({"epoch": epoch, select: rec["valid"][select]})
+        finally:
             if self.bar is not None:
-                self._status = self._epoch_status(rec, select)
-                self.bar.set_postfix_str(self._status, refresh=False)
-                self.bar.update(1)
-            # no per-epoch report to Ray Train: each ray.train.report is a barrier through its
-            # sync actor (~2 s here, 40x a demo epoch); the progress lines carry the epochs
-            if "valid" in rec and t.checkpoint_every and self.stop.evals % t.checkpoint_every == 0:
-                self.save_checkpoint({"epoch": epoch, select: rec["valid"][select]})
-        if self.bar is not None:
-            self.bar.close()
+                self.bar.close()
         return self.finish(select)
 
     def _epoch_status(self, rec: dict[str, Any], select: str) -> str:
@@ -250,14 +252,9 @@ class Trainer:
             parts.append(f"best {self.stop.best:.4f} @ {self.stop.best_epoch}")
         return ", ".join(parts)
 
-    def finish(self, select: str) -> dict[str, Any] | None:
+    def _test_and_export(self, select: str, bar: Any) -> tuple[dict[str, float], Any, Any]:
+        """The test split evaluated and the export committed: (test, snapshot URI, seconds)."""
         d, task = self.d, self.task
-        if self.stop.best_epoch >= 0:
-            state = task.weights_state()
-            self.best.load(state, self.stop.best_epoch)
-            task.load_weights_state(state)
-        steps = 2 if self.inp.export is not None else 1
-        bar = progress("train: test, export", "steps", total=steps) if d.rank == 0 else None
         t3 = time.perf_counter()
         test = task.evaluate("test")
         self.eval_s += time.perf_counter() - t3
@@ -281,8 +278,21 @@ class Trainer:
             export_s = time.perf_counter() - t4
             if bar is not None:
                 bar.update(1)
-        if bar is not None:
-            bar.close()
+        return test, snapshot_uri, export_s
+
+    def finish(self, select: str) -> dict[str, Any] | None:
+        d, task = self.d, self.task
+        if self.stop.best_epoch >= 0:
+            state = task.weights_state()
+            self.best.load(state, self.stop.best_epoch)
+            task.load_weights_state(state)
+        steps = 2 if self.inp.export is not None else 1
+        bar = progress("train: test, export", "steps", total=steps) if d.rank == 0 else None
+        try:  # closed however test or export ends: its heartbeat thread must not outlive it
+            test, snapshot_uri, export_s = self._test_and_export(select, bar)
+        finally:
+            if bar is not None:
+                bar.close()
         rss = d.gather_objects(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         if d.rank != 0:
             return None

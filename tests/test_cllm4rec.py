@@ -219,6 +219,27 @@ def test_losses_match_a_per_document_brute_force(tmp_path: Path, lm: str, kind: 
     assert float(got["loss"].detach()) == pytest.approx(want_main + 0.7 * want_reg, rel=1e-4)
 
 
+def test_finetuning_removes_random_items_whatever_the_item_order(tmp_path: Path,
+                                                                lm: str) -> None:
+    """With ``shuffle_items: false`` the prompt keeps the source's order, but which items leave
+    it is still drawn afresh every epoch (not always the first ones)."""
+    folder = clustered(tmp_path / "c", users=6, n_train=8)
+    ds = load_dataset(cfg_of(folder, lm).data)
+    pre = train(cfg_of(folder, lm, warmup_epochs=0), ds, run_dir=str(tmp_path / "pre"))
+    tr = make_trainer(cfg_of(folder, lm, phase="finetune", init_from=pre["run_dir"],
+                             shuffle_items=False), ds)
+    data = tr.task.data
+    u = 0
+    order = data.train_of(u).tolist()
+    removed = set()
+    for seed in range(6):
+        b = tr.task._make("rec", np.array([u]), seed)
+        kept = [t - data.item0 for t in _unpad(b)[0] if t >= data.item0]
+        assert kept == [i for i in order if i in kept]  # the source's order
+        removed.add(tuple(sorted(b.extra["cols"].tolist())))
+    assert len(removed) > 1  # not the same (first) items every epoch
+
+
 def test_sampled_softmax_is_the_logq_corrected_loss_over_shared_negatives(
         tmp_path: Path, lm: str) -> None:
     """``loss: sampled`` (catalogues too large for full logits): the collaborative LM's loss

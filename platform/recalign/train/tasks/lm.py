@@ -304,9 +304,11 @@ class LMTask(Task):
                     ids, plen = data.collab_doc(u, items_u, p.max_tokens)
                     full = plen + items_u.size
                     targets = [i - data.item0 for i in ids[plen:]]
-                else:  # rec: max(1, floor(f n)) items leave the prompt
+                else:  # rec: max(1, floor(f n)) random items leave the prompt
                     k = max(1, int(np.floor(p.mask_fraction * items_u.size)))
-                    removed, kept = items_u[:k], items_u[k:]
+                    drop = np.zeros(items_u.size, dtype=bool)
+                    drop[rng.choice(items_u.size, k, replace=False)] = True
+                    removed, kept = items_u[drop], items_u[~drop]  # kept keeps its order
                     ids, trunc = data.rec_prompt(u, kept, p.max_tokens, "finetune")
                     full = len(ids) + int(trunc)
                     plen = len(ids)

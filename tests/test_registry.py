@@ -116,7 +116,8 @@ def test_each_registry_lists_its_names() -> None:
     assert SOURCES.names() == ["amazon-reviews", "amazon-sequences", "csv", "movielens",
                                "parquet", "rlmrec", "synthetic", "unisrec"]
     assert known_backbones() == ["autocf", "bert4rec", "cl4srec", "cllm4rec", "dccf", "duorec",
-                                 "fdsa", "gccf", "gru4rec", "lightgcn", "multivae", "sasrec",
+                                 "fdsa", "gccf", "gru4rec", "lightgcn", "llmrg", "multivae",
+                                 "sasrec",
                                  "semantic-only", "sgl", "simgcl", "srgnn"]
     assert known_alignments() == ALIGNMENTS.names() == ["darec", "none", "rlmrec-con",
                                                         "rlmrec-gen"]

@@ -38,6 +38,7 @@ class SequenceData:
     test: np.ndarray        # [n_users] test item or -1
     n_items: int
     attributes: Any = None  # ItemAttributes, for attribute-aware models (FDSA)
+    graphs: Any = None      # ReasoningGraphs, for the LLMRG fusion model
 
     @property
     def n_users(self) -> int:

@@ -25,6 +25,7 @@ BACKBONES: Registry[type[Backbone]] = Registry("backbone", {
     "cl4srec": "recalign.models.cl4srec",
     "duorec": "recalign.models.duorec",
     "srgnn": "recalign.models.srgnn",
+    "llmrg": "recalign.models.llmrg",
     "multivae": "recalign.models.multivae",
     "cllm4rec": "recalign.models.cllm4rec",
 }, key="model.backbone")

@@ -20,6 +20,11 @@ or sampled softmax), so no model owns a loss variant; a model with more objectiv
 views) adds weighted terms, and the task sums them into ``loss``. Randomness a model needs beyond dropout (masks, augmented
 views, a same-target sequence) is drawn in :meth:`make_views` on the host with a generator per
 sample, so a run is the same on 1 or N ranks and resumes exactly.
+
+Per-user side inputs that are no random draw (LLMRG's reasoning graphs) come from
+:meth:`sample_inputs` — built on the host from (users, ends, histories) for training batches
+and for evaluation/export alike — and reach :meth:`state`, which the task calls in place of
+``user_repr`` when the model has such inputs (:meth:`wants_sample_inputs`).
 """
 
 from __future__ import annotations
@@ -98,13 +103,15 @@ class SequentialModel(nn.Module, abc.ABC):
     Params: ClassVar[type[SequentialParams]] = SequentialParams
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
 
-    def __init__(self, n_items: int, params: SequentialParams, data: Any = None) -> None:
+    def __init__(self, n_items: int, params: SequentialParams, data: Any = None,
+                 items: nn.Embedding | None = None) -> None:
         super().__init__()
         self.n_items = int(n_items)
         self.params = params
-        # padding_idx: row 0 stays zero and gets no gradient
-        self.items: nn.Embedding | None = nn.Embedding(self.n_items + 1 + self.extra_tokens,
-                                                       params.dim, padding_idx=0)
+        # padding_idx: row 0 stays zero and gets no gradient; ``items``: a table shared with an
+        # inner model (LLMRG's base), created by it
+        self.items: nn.Embedding | None = items if items is not None else nn.Embedding(
+            self.n_items + 1 + self.extra_tokens, params.dim, padding_idx=0)
         # item_table: sharded — TorchRec tables (``recalign.tables.IdTables``; their ``item``
         # table holds the same rows) set by the task in place of ``items``
         self.tables: nn.Module | None = None
@@ -121,6 +128,18 @@ class SequentialModel(nn.Module, abc.ABC):
                               "a JSON object item key -> attribute ids, or a source whose items "
                               "table has attributes)")
         return cls(n_items, p, data)
+
+    @classmethod
+    def reads_attributes(cls, params: Any) -> bool:
+        """Whether the task must load item attributes for a model with ``params``."""
+        return cls.needs_attributes
+
+    @classmethod
+    def graph_request(cls, params: Any) -> dict[str, Any] | None:
+        """What the task must load from the ``graphs`` snapshot for a model with ``params``
+        (keyword arguments of :func:`recalign.data.reasoning_graphs.load_graphs` plus
+        ``version``), or None: no graphs."""
+        return None
 
     @property
     def mask_id(self) -> int:
@@ -182,6 +201,30 @@ class SequentialModel(nn.Module, abc.ABC):
         """Model-specific batch inputs drawn on the host: ``seqs`` are the rows' samples (model
         ids, the final target last), ``rngs`` one generator per row."""
         return {}
+
+    def draws_views(self) -> bool:
+        """Whether :meth:`make_views` draws anything (the task then seeds per-sample
+        generators each epoch)."""
+        return type(self).make_views is not SequentialModel.make_views
+
+    def wants_sample_inputs(self) -> bool:
+        """Whether :meth:`sample_inputs` gives anything (the task then builds them for every
+        training batch and every evaluated or exported user, and calls :meth:`state`)."""
+        return False
+
+    def sample_inputs(self, users: np.ndarray, ends: np.ndarray | None,
+                      histories: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        """Per-sample inputs built on the host, deterministic (no draw): row r is user
+        ``users[r]`` with the history ``histories[r]`` (model ids, the input the model sees);
+        ``ends[r]`` where that history ends in the user's training sequence: it holds
+        positions ``< ends[r]`` and the target is position ``ends[r]``, so only what was made
+        from positions ``< ends[r]`` may be read; None in evaluation and export (the whole
+        training sequence)."""
+        return {}
+
+    def state(self, inputs: torch.Tensor, extra: dict[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`user_repr` with the rows' :meth:`sample_inputs` (``extra``, on the device)."""
+        return self.user_repr(inputs)
 
     def loss_terms(self, batch: Any) -> int:
         """How many terms this rank's recommendation loss averages (for exact data parallel)."""

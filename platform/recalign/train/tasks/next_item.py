@@ -26,11 +26,11 @@ import torch
 from recalign.config import Config
 from recalign.data.sequences import (SameTarget, SequenceBatch, SequenceData, histories_batch,
                                      window_batch)
-from recalign.errors import ConfigError
+from recalign.errors import ConfigError, SnapshotError
 from recalign.eval.metrics import get_protocol
 from recalign.models.item_softmax import (NegativeSampler, full_softmax_loss,
                                           sampled_softmax_loss)
-from recalign.models.sequential import SequentialModel, ViewContext
+from recalign.models.sequential import ViewContext
 from recalign.tables.optim import TableOptimizerSpec
 from recalign.train.evaluation import eval_users, ranking_metrics
 from recalign.train.optimizers import Optimizers
@@ -56,21 +56,43 @@ class NextItemTask(Task):
     # ------------------------------------------------------------------ driver side
     @classmethod
     def prepare(cls, cfg: Config, ds: Any) -> SequenceData:
-        """Sequences, with per-item attribute ids when the model reads them (FDSA)."""
+        """Sequences, with per-item attribute ids when the model reads them (FDSA), and the
+        LLMRG reasoning graphs (the ``graphs`` snapshot of the dataset) when it reads those."""
         from recalign.data.item_attributes import load_item_attributes
         from recalign.models.registry import get_backbone
 
         data = ds if isinstance(ds, SequenceData) else SequenceData.from_dataset(ds)
-        if (get_backbone(cfg.model.backbone).needs_attributes and data.attributes is None
-                and not isinstance(ds, SequenceData)):
+        model = get_backbone(cfg.model.backbone)
+        if isinstance(ds, SequenceData):
+            return data
+        p = model_params(cfg)
+        if model.reads_attributes(p) and data.attributes is None:
             data.attributes = load_item_attributes(cfg.data.item_attributes, ds)
+        req = model.graph_request(p)
+        if req is not None and data.graphs is None:
+            from recalign.data.graph_schema import ARTIFACT
+            from recalign.data.reasoning_graphs import load_graphs, open_graphs
+
+            artifact = getattr(getattr(cfg, "llmrg", None), "artifact", ARTIFACT)
+            optional = req.pop("optional", False)
+            try:
+                snap = open_graphs(cfg.output.root, ds.name, artifact, req.pop("version"))
+            except SnapshotError:
+                if not optional:
+                    raise
+                return data
+            data.graphs = load_graphs(snap, ds.user_map.keys, data.n_items,
+                                      data.train_lengths(), **req)
         return data
 
     @classmethod
     def meta(cls, cfg: Config, data: SequenceData) -> dict[str, Any]:
         p = model_params(cfg)
-        return {"task": cls.name, "backbone": cfg.model.backbone, "dim": p.dim,
-                "max_len": p.max_len, "n_users": data.n_users, "n_items": data.n_items}
+        out = {"task": cls.name, "backbone": cfg.model.backbone, "dim": p.dim,
+               "max_len": p.max_len, "n_users": data.n_users, "n_items": data.n_items}
+        if data.graphs is not None:  # a resumed run must read the same graphs
+            out["graphs"] = data.graphs.report["version"]
+        return out
 
     @classmethod
     def check(cls, cfg: Config, data: SequenceData) -> None:
@@ -102,9 +124,10 @@ class NextItemTask(Task):
         self.model = cls.build(self.data.n_items, p, self.data).to(d.device)
         self.samples = (self.data.training_windows(p.max_len) if p.samples == "windows"
                         else self.data.training_prefixes())
-        self.same_target = (SameTarget(self.data, *self.samples) if cls.needs_same_target
-                            else None)
-        self.has_views = cls.make_views is not SequentialModel.make_views
+        self.same_target = (SameTarget(self.data, *self.samples)
+                            if self.model.needs_same_target else None)
+        self.has_views = self.model.draws_views()
+        self.has_inputs = self.model.wants_sample_inputs()
         self.dmp: Any = None
         fused_opt, table_ids = None, set()
         if p.item_table == "sharded":
@@ -120,6 +143,7 @@ class NextItemTask(Task):
         self.bf16 = resolve_bf16(p.bf16, d.device)
         self.proto = get_protocol(cfg.eval.protocol)
         self.truncated: dict[str, int] = {}
+        self.graph_user_metrics: dict[str, float] | None = None
         spec = TableOptimizerSpec(**cfg.train.optimizer.model_dump())
         self.fused_opt = fused_opt
         dense = [q for q in self.model.parameters() if id(q) not in table_ids]
@@ -181,6 +205,9 @@ class NextItemTask(Task):
                 rngs = [np.random.default_rng((epoch_seed, int(g))) for g in mine]
                 ctx = ViewContext(self.data, p.max_len, mine, self.same_target)
                 b.views = self.model.make_views(seqs, rngs, ctx)
+            if self.has_inputs:  # a sample [0, end) predicts position end - 1 from [0, end - 1)
+                b.views.update(self.model.sample_inputs(
+                    users[mine], ends[mine] - 1, [r[r > 0] for r in b.inputs.numpy()]))
             yield b.to(d.device)
 
     def _bucketed(self, order: np.ndarray, lengths: np.ndarray, bs: int, k: int) -> np.ndarray:
@@ -227,6 +254,10 @@ class NextItemTask(Task):
     def _user_states(self, users: np.ndarray, upto: str) -> torch.Tensor:
         seqs, trunc = histories_batch(self.data, users, upto, self.p.max_len)
         self.truncated[upto] = self.truncated.get(upto, 0) + trunc
+        if self.has_inputs:  # the same per-user inputs as training, from the whole sequence
+            dev = self.d.device
+            extra = self.model.sample_inputs(users, None, [r[r > 0] for r in seqs.numpy()])
+            return self.model.state(seqs.to(dev), {k: v.to(dev) for k, v in extra.items()})
         return self.model.user_repr(seqs.to(self.d.device))
 
     def evaluate(self, split: str) -> dict[str, float]:
@@ -243,6 +274,16 @@ class NextItemTask(Task):
 
         users = eval_users(heldout, ev.max_users, self.cfg.train.seed, self.d)
         out = ranking_metrics(score, heldout, exclude, users, self.proto, ev.chunk_size, self.d)
+        if split == "test" and data.graphs is not None:
+            # LLMRG: the same metrics over the users that got an LLM graph (when only a sample
+            # got one, the all-user figure dilutes the effect)
+            mine = users[data.graphs.has_graph[users] & (data.test[users] >= 0)]
+            n = int(self.d.all_reduce(torch.tensor([float(mine.size)],
+                                                   device=self.d.device)).item())
+            if n:
+                self.graph_user_metrics = {
+                    **ranking_metrics(score, heldout, exclude, mine, self.proto,
+                                      ev.chunk_size, self.d), "users": n}
         self.model.freeze_rows(False)
         self.model.train()
         return out
@@ -301,7 +342,11 @@ class NextItemTask(Task):
                                      "count": int(self.samples[0].size)},
                 "users_without_heldout": int((self.data.test < 0).sum()),
                 **({"item_attributes": self.data.attributes.report}
-                   if self.model.needs_attributes else {}),
+                   if type(self.model).reads_attributes(self.p) else {}),
+                **({"reasoning_graphs": self.data.graphs.report}
+                   if self.data.graphs is not None else {}),
+                **({"test_graph_users": self.graph_user_metrics}
+                   if self.graph_user_metrics else {}),
                 "histories_truncated": dict(self.truncated),
                 "train_sequence_length": {"mean": round(float(lens.mean()), 2),
                                           "max": int(lens.max())}}

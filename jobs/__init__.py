@@ -7,6 +7,7 @@ JOBS = {
     "models": "recalign.jobs.models",
     "profiles": "recalign.jobs.profiles",
     "embed": "recalign.jobs.embed",
+    "graphs": "recalign.jobs.graphs",
     "train": "recalign.jobs.train",
     "cllm4rec": "recalign.jobs.cllm4rec",
     "nightly": "recalign.jobs.nightly",

@@ -64,3 +64,19 @@ def standalone(description: str, add_arguments: Callable[[argparse.ArgumentParse
     add_config_arguments(parser)
     add_arguments(parser)
     return run_job(parser.parse_args(argv), run)
+
+
+def latest_dataset(cfg: Config, job: str) -> tuple[Any, Any, Any]:
+    """``(store, dataset snapshot, Dataset)``: the LATEST dataset snapshot of ``cfg.data`` (a
+    clear error naming ``job`` when there is none: ingest first)."""
+    from recalign.data.snapshot_io import ARTIFACT, read_dataset
+    from recalign.errors import ConfigError
+    from recalign.storage.snapshot import SnapshotStore
+
+    store = SnapshotStore(cfg.output.root)
+    name = cfg.data.dataset_name()
+    dsnap = store.try_open(name, ARTIFACT)
+    if dsnap is None:
+        raise ConfigError(f"{job}: no dataset snapshot for {name!r} under {cfg.output.root}: "
+                          "run `recalign ingest` with this config first")
+    return store, dsnap, read_dataset(dsnap)

@@ -1,4 +1,9 @@
-"""recalign nightly: ingest -> profiles (items, then users) -> embed -> train -> export.
+"""recalign nightly: ingest -> profiles (items, then users) -> embed -> graphs -> train -> export.
+
+``graphs`` (LLMRG reasoning graphs, :mod:`recalign.jobs.graphs`) runs only with
+``llmrg.enabled: true``; like every stage it is skipped when its inputs (the dataset version and
+the data/llm/llmrg/embed config) are unchanged, and the job itself regenerates only users whose
+fingerprint changed.
 
 Each stage reads the LATEST snapshots of its inputs and writes a new version; a stage whose
 inputs and config are unchanged since it last completed is skipped and says so
@@ -25,10 +30,14 @@ from recalign.jobs.common import standalone
 from recalign.pipeline.stages import (STAGES, Decision, Marker, MarkerStore, decide, now,
                                       select_stages, stage_key)
 from recalign.storage.snapshot import SnapshotStore
-from recalign.storage.uri import fsspec_filesystem, join
+from recalign.storage.uri import fsspec_filesystem, join, split_uri
 
-DESCRIPTION = "Run the nightly pipeline: ingest, profiles, embed, train, export (skipping " \
-              "unchanged stages)."
+DESCRIPTION = "Run the nightly pipeline: ingest, profiles, embed, graphs (llmrg.enabled), " \
+              "train, export (skipping unchanged stages)."
+
+#: every stage in pipeline order: the stages of recalign.pipeline.stages plus graphs
+NIGHTLY_STAGES: tuple[str, ...] = (*STAGES[:STAGES.index("train")], "graphs",
+                                   *STAGES[STAGES.index("train"):])
 
 
 class PipelineError(RecalignError):
@@ -37,9 +46,9 @@ class PipelineError(RecalignError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
-    parser.add_argument("--from", dest="start", metavar="STAGE", choices=STAGES,
+    parser.add_argument("--from", dest="start", metavar="STAGE", choices=NIGHTLY_STAGES,
                         help="start at this stage (earlier ones are not run)")
-    parser.add_argument("--only", metavar="STAGE", choices=STAGES, action="append",
+    parser.add_argument("--only", metavar="STAGE", choices=NIGHTLY_STAGES, action="append",
                         help="run only this stage (repeatable)")
     parser.add_argument("--force", action="store_true", help="run the chosen stages even if "
                         "unchanged")
@@ -52,6 +61,32 @@ class Hooks:
 
     profiles_runner: Callable[[], Any] | None = None
     embed_runner: Callable[[], Any] | None = None
+    graphs_runner: Callable[[], Any] | None = None
+    graphs_embedder: Callable[[], Any] | None = None
+
+
+class NightlyMarkers(MarkerStore):
+    """Completion markers, the graphs stage's included (``nightly/graphs.json``)."""
+
+    def _path(self, stage: str) -> str:
+        if stage == "graphs":
+            return f"{split_uri(self.uri)[1]}/graphs.json"
+        return super()._path(stage)
+
+
+def choose_stages(cfg: Config, start: str | None, only: list[str] | None) -> list[str]:
+    """:func:`select_stages` with graphs placed before train when ``llmrg.enabled``."""
+    rest = [s for s in only or [] if s != "graphs"]
+    chosen = select_stages(list(cfg.nightly.stages), None if start == "graphs" else start,
+                           rest or None) if (not only or rest) else []
+    if start == "graphs":
+        chosen = [s for s in chosen if NIGHTLY_STAGES.index(s) > NIGHTLY_STAGES.index("graphs")]
+    wanted = cfg.llmrg.enabled and (not only or "graphs" in only) and (
+        start is None or NIGHTLY_STAGES.index(start) <= NIGHTLY_STAGES.index("graphs"))
+    if wanted:
+        chosen.append("graphs")
+        chosen.sort(key=NIGHTLY_STAGES.index)
+    return chosen
 
 
 # ------------------------------------------------------------------------ stage definitions
@@ -89,16 +124,17 @@ def outputs_of(stage: str, cfg: Config) -> list[str]:
         return [a for c in configs
                 for a in [c.train.artifact, *([base_artifact(c)] if comparing(c) else [])]]
     return {"ingest": ["dataset"], "profiles": ["profiles"], "embed": [embed_artifact(cfg)],
-            "export": [cfg.export.artifact]}[stage]
+            "graphs": [cfg.llmrg.artifact], "export": [cfg.export.artifact]}[stage]
 
 
 def upstream_of(stage: str, cfg: Config) -> list[str]:
-    if stage == "profiles":
+    if stage in ("profiles", "graphs"):
         return ["ingest"]
     if stage == "embed":
         return ["profiles"] if cfg.embed.source == "profiles" else ["ingest"]
     if stage == "train":
-        return ["ingest", *(["embed"] if cfg.align.method != "none" else [])]
+        return ["ingest", *(["embed"] if cfg.align.method != "none" else []),
+                *(["graphs"] if cfg.llmrg.enabled else [])]
     if stage == "export":
         return ["train"]
     return []
@@ -132,6 +168,9 @@ def stage_inputs(stage: str, cfg: Config, store: SnapshotStore, name: str) -> di
         return {"input": input_fingerprint(cfg.data)}
     if stage == "profiles":
         return {"dataset": latest("dataset"), "config": config_hash(cfg, sections=("data", "llm"))}
+    if stage == "graphs":
+        return {"dataset": latest("dataset"),
+                "config": config_hash(cfg, sections=("data", "llm", "llmrg", "embed"))}
     if stage == "embed":
         src = "profiles" if cfg.embed.source == "profiles" else "dataset"
         return {src: latest(src), "config": config_hash(cfg, sections=("embed",))}
@@ -140,6 +179,8 @@ def stage_inputs(stage: str, cfg: Config, store: SnapshotStore, name: str) -> di
         parts: dict[str, Any] = {"dataset": latest("dataset"), "run": run_hash(cfg),
                                  "compare_base": cfg.nightly.compare_base,
                                  "artifact": cfg.train.artifact}
+        if cfg.llmrg.enabled:  # only when set, as the seeds below
+            parts["graphs"] = latest(cfg.llmrg.artifact)
         if extra_seeds(cfg):  # only when set: the keys of existing nights stay as they were
             parts["seeds"] = [cfg.train.seed, *extra_seeds(cfg)]
         if cfg.align.method != "none":
@@ -190,6 +231,10 @@ def run_stage(stage: str, cfg: Config, args: argparse.Namespace, hooks: Hooks
     if stage == "embed":
         mod = _job("embed")
         return mod.run(cfg, _default_args(mod, **quiet), runner_factory=hooks.embed_runner)
+    if stage == "graphs":
+        mod = _job("graphs")
+        return mod.run(cfg, _default_args(mod, **quiet), runner_factory=hooks.graphs_runner,
+                       embedder_factory=hooks.graphs_embedder)
     if stage == "train":
         mod = _job("train")
         out: dict[str, Any] = {"aligned": mod.run(train_config(cfg), _default_args(mod))}
@@ -226,7 +271,8 @@ def brief(stage: str, summary: dict[str, Any]) -> dict[str, Any]:
         return out
     keep = ("skipped", "snapshot", "version", "counts", "requests", "ok", "retried", "failed",
             "prompt_tokens", "completion_tokens", "embedded", "reused", "recall", "kind",
-            "seconds", "reason", "generation_s", "engine_startup_s", "first_result_s")
+            "seconds", "reason", "generation_s", "engine_startup_s", "first_result_s",
+            "users", "generated", "llm_calls", "kb_hit_rate", "calls_saved", "chains_below_tau")
     return {k: summary[k] for k in keep if k in summary}
 
 
@@ -235,9 +281,8 @@ def run(cfg: Config, args: argparse.Namespace, hooks: Hooks | None = None) -> di
     t_night = time.perf_counter()
     store = SnapshotStore(cfg.output.root)
     name = cfg.data.dataset_name()
-    markers = MarkerStore(cfg.output.root, name)
-    chosen = select_stages(list(cfg.nightly.stages), getattr(args, "start", None),
-                           getattr(args, "only", None))
+    markers = NightlyMarkers(cfg.output.root, name)
+    chosen = choose_stages(cfg, getattr(args, "start", None), getattr(args, "only", None))
     dry = getattr(args, "dry_run", False)
     force = getattr(args, "force", False)
     planned_runs: list[str] = []

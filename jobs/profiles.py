@@ -17,15 +17,12 @@ from typing import Any
 
 
 from recalign.config import Config, config_hash
-from recalign.data.snapshot_io import ARTIFACT as DATASET, read_dataset
-from recalign.errors import ConfigError
-from recalign.jobs.common import standalone
+from recalign.jobs.common import latest_dataset, standalone
 from recalign.llm.engine import build_generation_engine
 from recalign.llm.models import model_label, resolve_model
 from recalign.llm.profiles import ARTIFACT, LocalRunner, generate_profiles
 from recalign.llm.prompts import TextBounder
 from recalign.progress import progress
-from recalign.storage.snapshot import SnapshotStore
 
 DESCRIPTION = "Generate RLMRec item and user profiles with an LLM into a profiles snapshot."
 
@@ -96,13 +93,8 @@ def make_runner_factory(cfg: Config, model_path: str | None) -> Any:
 
 def run(cfg: Config, args: argparse.Namespace, *, runner_factory: Any = None) -> dict[str, Any]:
     """``runner_factory``: a caller-provided engine runner (the nightly's tests share one engine)."""
-    store = SnapshotStore(cfg.output.root)
+    store, dsnap, ds = latest_dataset(cfg, "profiles")
     name = cfg.data.dataset_name()
-    if store.latest_version(name, DATASET) is None:
-        raise ConfigError(f"no dataset snapshot for {name!r} under {cfg.output.root}: run "
-                          f"`recalign ingest` with this config first")
-    dsnap = store.open(name, DATASET)
-    ds = read_dataset(dsnap)
     model_path, label = resolve_engine_model(cfg)
     print(f"profiles: {name} ({ds.n_items} items, {ds.n_users} users), engine "
           f"{cfg.llm.engine} via {executor_for(cfg)}, model {label}", file=sys.stderr)

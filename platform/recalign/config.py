@@ -302,6 +302,39 @@ class LLMConfig(Section):
                                            "tokens; cost = tokens x price, in the summary")
 
 
+class LLMRGConfig(Section):
+    """``recalign graphs``: LLMRG reasoning graphs (recalign.llm.graphs). The engine and its
+    sampling come from ``llm``, the grounding/verification embeddings from ``embed``."""
+
+    enabled: bool = Field(False, description="nightly: run the graphs stage (after ingest, "
+                          "before train)")
+    mode: Literal["graph", "direct"] = Field(
+        "graph", description="graph: chained reasoning + divergent extension + verification; "
+        "direct (ablation): at each step only the next item is asked for, grounded")
+    max_len: int = Field(10, ge=2, description="walk the last this many training items")
+    max_users: int | None = Field(None, ge=1, description="a seeded sample (llm.seed) of at most "
+                                  "this many users with >= 2 training items (None: all)")
+    wave_size: int = Field(64, ge=1, description="users walked together: step p of every user "
+                           "of a wave goes through the engine in one call; the knowledge base "
+                           "takes a wave's verified links before the next wave starts")
+    divergent_k: int = Field(2, ge=0, le=8, description="imagined next interests per step")
+    ground_threshold: float = Field(0.5, ge=-1.0, le=1.0, description="cosine similarity an "
+                                    "interest needs to its best catalogue item to be grounded")
+    tau: float = Field(30.0, ge=0.0, le=100.0, description="verification score (0-100) a chain "
+                       "needs to enter the knowledge base; every chain is stored with its score")
+    kb: bool = Field(True, description="reuse verified links keyed by (previous item, item)")
+    verify: bool = Field(True, description="self-verification of every chain (off: chains "
+                         "keep a NaN score and none enters the knowledge base)")
+    max_chains_in_prompt: int = Field(4, ge=0, description="most recent chains shown per step")
+    reason_words: int = Field(20, ge=3, le=200)
+    interest_words: int = Field(8, ge=1, le=50)
+    title_words: int = Field(12, ge=1, le=50, description="direct guesses and verification "
+                             "answers")
+    title_tokens: int = Field(24, ge=4, description="token bound per title in a prompt")
+    attribute_tokens: int = Field(24, ge=4, description="token bound per attribute value")
+    artifact: str = Field("graphs", pattern=r"^[a-z][a-z0-9_-]{0,63}$")
+
+
 class EmbedConfig(Section):
     """Embedding engine and the embed job."""
 
@@ -483,6 +516,7 @@ class Config(Section):
     model: ModelConfig = ModelConfig()
     align: AlignConfig = AlignConfig()
     llm: LLMConfig = LLMConfig()
+    llmrg: LLMRGConfig = LLMRGConfig()
     embed: EmbedConfig = EmbedConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()

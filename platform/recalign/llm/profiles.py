@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 from recalign.data.dataset import Dataset
 from recalign.data.schema import TRAIN
 from recalign.llm.engine import (GenerationEngine, GenerationRequest, Outcome, SamplingSettings,
-                                 chunked, generate_validated)
+                                 Validator, chunked, generate_validated)
 from recalign.llm.prompts import (TextBounder, bound_attributes, domain_for, fingerprint,
                                   item_messages, user_messages)
 from recalign.llm.schemas import max_tokens_for, parse_and_validate, profile_schema
@@ -79,8 +79,10 @@ class LocalRunner:
     """In this process: the engine is built on first use (a run with nothing to do builds none)."""
 
     def __init__(self, engine_factory: Callable[[], GenerationEngine], *, max_attempts: int,
-                 batch_size: int, close_engine: bool = True) -> None:
+                 batch_size: int, close_engine: bool = True,
+                 validate: Validator = parse_and_validate) -> None:
         self.engine_factory = engine_factory
+        self.validate = validate
         self.close_engine = close_engine
         self.engine: GenerationEngine | None = None
         self.max_attempts = max_attempts
@@ -96,7 +98,7 @@ class LocalRunner:
             self.engine = self.engine_factory()
             self.startup_s = time.perf_counter() - t0
         for batch in chunked(requests, self.batch_size):
-            yield generate_validated(self.engine, batch, parse_and_validate, self.max_attempts,
+            yield generate_validated(self.engine, batch, self.validate, self.max_attempts,
                                      first_attempt={r.id: first_attempt.get(r.id, 1) for r in batch})
 
     def close(self) -> None:
@@ -329,7 +331,7 @@ def previous_rows(store: SnapshotStore, dataset: str) -> tuple[dict[str, dict[in
             continue
         base = join(store.artifact_uri(dataset, ARTIFACT), v.version)
         for side in SIDES:
-            for row in _read_parts(join(base, side)):
+            for row in read_parts(join(base, side)):
                 if row["status"] != "ok":
                     continue
                 old = rows[side].get(row["id"])
@@ -339,8 +341,9 @@ def previous_rows(store: SnapshotStore, dataset: str) -> tuple[dict[str, dict[in
     return rows, (latest.version if latest else None), salvaged
 
 
-def _read_parts(folder_uri: str) -> Iterator[dict[str, Any]]:
-    """Every readable row of the parquet parts in an uncommitted folder (torn files skipped)."""
+def read_parts(folder_uri: str, schema: pa.Schema = PROFILE_SCHEMA) -> Iterator[dict[str, Any]]:
+    """Every readable row (``schema``'s columns) of the parquet parts in an uncommitted folder
+    (files torn by a kill are skipped)."""
     fs, path = fsspec_filesystem(folder_uri)
     try:
         names = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".parquet"))
@@ -352,8 +355,8 @@ def _read_parts(folder_uri: str) -> Iterator[dict[str, Any]]:
             table = pq.read_table(split_uri(name)[1] if "://" in name else name, filesystem=afs)
         except Exception:  # noqa: BLE001 - a part torn by the kill: skip it
             continue
-        if set(PROFILE_SCHEMA.names) <= set(table.column_names):
-            yield from table.select(PROFILE_SCHEMA.names).to_pylist()
+        if set(schema.names) <= set(table.column_names):
+            yield from table.select(schema.names).to_pylist()
 
 
 # --- the run -------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
 K8S = INFRA / "k8s"
 APP = "/opt/recalign/app"  # WORKDIR of both images: the repository's files live under it
-JOBS = {"ingest", "profiles", "embed", "train", "export", "nightly"}
+JOBS = {"ingest", "profiles", "embed", "graphs", "train", "export", "nightly"}
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 IMAGE_RE = re.compile(r"^(?P<registry>[a-z0-9.\-/]+)/recalign-(?P<kind>train|llm):(?P<tag>[\w.\-]+)$")
 
@@ -122,7 +122,7 @@ def test_llm_stages_ask_for_gpus_and_others_do_not():
     for j in _by_kind("RayJob"):
         job = j["metadata"]["labels"]["recalign.io/job"]
         gpus = "llm.num_gpus=1" in j["spec"]["entrypoint"]
-        assert gpus == (job in {"profiles", "nightly"}), job
+        assert gpus == (job in {"profiles", "graphs", "nightly"}), job
 
 
 def test_rayjobs_and_cronjob_target_the_raycluster():

@@ -319,8 +319,12 @@ def test_users_without_a_graph_fall_back_to_their_session_graph(tmp_path: Path) 
     from recalign.data.sequences import left_pad
 
     x = torch.from_numpy(left_pad([h - 1 for h in hs], 50))
+    inputs = model.sample_inputs(users, None, hs)
     with torch.no_grad():
-        got = model.state(x, model.sample_inputs(users, None, hs))
+        # the fusion starts as the base (identity on E_base, zero on the graph states)
+        torch.testing.assert_close(model.state(x, inputs), model.base.user_repr(x))
+        torch.nn.init.normal_(model.fusion.weight, std=0.2)  # one that reads the graphs
+        got = model.state(x, inputs)
         plain = model.user_repr(x)
     odd = users % 2 == 1
     torch.testing.assert_close(got[odd], plain[odd])

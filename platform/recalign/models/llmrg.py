@@ -157,8 +157,14 @@ class LLMRG(SequentialModel):
         parts = 2 + (self.div is not None)
         self.drop = nn.Dropout(p.dropout)
         self.fusion = nn.Linear(parts * d, d)
-        nn.init.normal_(self.fusion.weight, std=p.init_std)
-        nn.init.zeros_(self.fusion.bias)
+        # starts as the base: identity on E_base, zero on the graph states, so the base learns
+        # at its own pace from step one and the graphs add what they carry (a small random
+        # projection of all three scaled every gradient into the base by ~init_std and made
+        # the fused model learn several times slower than its base)
+        with torch.no_grad():
+            self.fusion.weight.zero_()
+            self.fusion.weight[:, :d] = torch.eye(d)
+            self.fusion.bias.zero_()
 
     @classmethod
     def reads_attributes(cls, params: Any) -> bool:

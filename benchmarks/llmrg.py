@@ -103,7 +103,7 @@ def train(common: list[str], base: str, variant: str, seed: int, graphs_uri: str
     if sub:
         out["test_graph_users"] = {m: sub[m] for m in METRICS if m in sub}
         out["graph_users"] = sub.get("users")
-    out["graphs"] = res.get("graphs")
+    out["graphs"] = res.get("reasoning_graphs")
     return out
 
 

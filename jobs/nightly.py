@@ -30,14 +30,11 @@ from recalign.jobs.common import standalone
 from recalign.pipeline.stages import (STAGES, Decision, Marker, MarkerStore, decide, now,
                                       select_stages, stage_key)
 from recalign.storage.snapshot import SnapshotStore
-from recalign.storage.uri import fsspec_filesystem, join, split_uri
+from recalign.storage.uri import fsspec_filesystem, join
 
 DESCRIPTION = "Run the nightly pipeline: ingest, profiles, embed, graphs (llmrg.enabled), " \
               "train, export (skipping unchanged stages)."
 
-#: every stage in pipeline order: the stages of recalign.pipeline.stages plus graphs
-NIGHTLY_STAGES: tuple[str, ...] = (*STAGES[:STAGES.index("train")], "graphs",
-                                   *STAGES[STAGES.index("train"):])
 
 
 class PipelineError(RecalignError):
@@ -46,9 +43,9 @@ class PipelineError(RecalignError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
-    parser.add_argument("--from", dest="start", metavar="STAGE", choices=NIGHTLY_STAGES,
+    parser.add_argument("--from", dest="start", metavar="STAGE", choices=STAGES,
                         help="start at this stage (earlier ones are not run)")
-    parser.add_argument("--only", metavar="STAGE", choices=NIGHTLY_STAGES, action="append",
+    parser.add_argument("--only", metavar="STAGE", choices=STAGES, action="append",
                         help="run only this stage (repeatable)")
     parser.add_argument("--force", action="store_true", help="run the chosen stages even if "
                         "unchanged")
@@ -65,28 +62,10 @@ class Hooks:
     graphs_embedder: Callable[[], Any] | None = None
 
 
-class NightlyMarkers(MarkerStore):
-    """Completion markers, the graphs stage's included (``nightly/graphs.json``)."""
-
-    def _path(self, stage: str) -> str:
-        if stage == "graphs":
-            return f"{split_uri(self.uri)[1]}/graphs.json"
-        return super()._path(stage)
-
-
 def choose_stages(cfg: Config, start: str | None, only: list[str] | None) -> list[str]:
-    """:func:`select_stages` with graphs placed before train when ``llmrg.enabled``."""
-    rest = [s for s in only or [] if s != "graphs"]
-    chosen = select_stages(list(cfg.nightly.stages), None if start == "graphs" else start,
-                           rest or None) if (not only or rest) else []
-    if start == "graphs":
-        chosen = [s for s in chosen if NIGHTLY_STAGES.index(s) > NIGHTLY_STAGES.index("graphs")]
-    wanted = cfg.llmrg.enabled and (not only or "graphs" in only) and (
-        start is None or NIGHTLY_STAGES.index(start) <= NIGHTLY_STAGES.index("graphs"))
-    if wanted:
-        chosen.append("graphs")
-        chosen.sort(key=NIGHTLY_STAGES.index)
-    return chosen
+    """:func:`select_stages` over ``nightly.stages``, plus graphs when ``llmrg.enabled``."""
+    enabled = [*cfg.nightly.stages, *(["graphs"] if cfg.llmrg.enabled else [])]
+    return select_stages(enabled, start, only)
 
 
 # ------------------------------------------------------------------------ stage definitions
@@ -281,7 +260,7 @@ def run(cfg: Config, args: argparse.Namespace, hooks: Hooks | None = None) -> di
     t_night = time.perf_counter()
     store = SnapshotStore(cfg.output.root)
     name = cfg.data.dataset_name()
-    markers = NightlyMarkers(cfg.output.root, name)
+    markers = MarkerStore(cfg.output.root, name)
     chosen = choose_stages(cfg, getattr(args, "start", None), getattr(args, "only", None))
     dry = getattr(args, "dry_run", False)
     force = getattr(args, "force", False)

@@ -27,8 +27,9 @@ from typing import Any
 from recalign.errors import ConfigError
 from recalign.storage.uri import fsspec_filesystem, join, split_uri
 
-#: pipeline order (``--from`` / ``--only`` take these names)
-STAGES: tuple[str, ...] = ("ingest", "profiles", "embed", "train", "export")
+#: pipeline order (``--from`` / ``--only`` take these names); ``graphs`` (LLMRG reasoning
+#: graphs) is enabled by ``llmrg.enabled`` rather than listed in ``nightly.stages``
+STAGES: tuple[str, ...] = ("ingest", "profiles", "embed", "graphs", "train", "export")
 MARKERS = "nightly"
 
 

@@ -12,9 +12,10 @@ from recalign.storage.uri import fsspec_filesystem
 
 
 def gather(root: str, dataset: str, night: dict[str, Any]) -> dict[str, Any]:
-    """Figures of the last completed run of every stage, tonight's actions and times, example
-    profiles and example recommendations (each of the last two with its own ``missing`` note
-    when its inputs are not there)."""
+    """Figures of the last completed run of every stage (stages that never completed and did
+    not run tonight are left out), tonight's actions and times, example profiles and example
+    recommendations (each of the last two with its own ``missing`` note when its inputs are
+    not there)."""
     store = MarkerStore(root, dataset)
     markers: dict[str, Any] = {}
     missing: list[str] = []
@@ -29,6 +30,8 @@ def gather(root: str, dataset: str, night: dict[str, Any]) -> dict[str, Any]:
     for s in STAGES:
         m = markers[s]
         r = tonight.get(s, {})
+        if m is None and not r:  # not part of this pipeline (e.g. graphs without llmrg)
+            continue
         stages.append({"stage": s, "action": r.get("action", "-"),
                        "seconds_tonight": r.get("seconds", 0.0),
                        "seconds_when_run": m.seconds if m else None})

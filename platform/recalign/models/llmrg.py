@@ -37,7 +37,7 @@ its recommendation loss is taken on the fused state.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -126,9 +126,6 @@ class LLMRG(SequentialModel):
 
     def __init__(self, n_items: int, params: LLMRGParams, data: Any = None) -> None:
         p = params
-        if p.item_table != "replicated":
-            raise ConfigError("model.backbone llmrg: item_table: sharded is not supported (the "
-                              "base and the graph encoders share one replicated item table)")
         # the base first, alone: graph: none draws exactly what the base model would
         base = get_backbone(p.base).build(n_items, p.base_model_params(), data)
         super().__init__(n_items, p, data, items=base.items)
@@ -165,6 +162,12 @@ class LLMRG(SequentialModel):
             self.fusion.weight.zero_()
             self.fusion.weight[:, :d] = torch.eye(d)
             self.fusion.bias.zero_()
+
+    def use_tables(self, tables: nn.Module, lookup_size: Callable[[int], int]) -> None:
+        """``item_table: sharded``: the fusion model holds the tables; the base reads its rows
+        through it (one table, one lookup per embed call on every rank)."""
+        super().use_tables(tables, lookup_size)
+        self.base.read_rows_of(self)
 
     @classmethod
     def reads_attributes(cls, params: Any) -> bool:

@@ -117,6 +117,9 @@ class SequentialModel(nn.Module, abc.ABC):
         self.tables: nn.Module | None = None
         self._lookup_size: Callable[[int], int] = lambda n: n
         self._frozen_rows: torch.Tensor | None = None
+        # an outer model whose rows this one reads (LLMRG's base); in a tuple so that it is not
+        # registered as a submodule (the outer model would otherwise contain itself)
+        self._rows_of: tuple["SequentialModel", ...] = ()
 
     @classmethod
     def build(cls, n_items: int, params: Any = None, data: Any = None) -> "SequentialModel":
@@ -159,8 +162,16 @@ class SequentialModel(nn.Module, abc.ABC):
         self.tables = tables
         self._lookup_size = lookup_size
 
+    def read_rows_of(self, owner: "SequentialModel") -> None:
+        """Read every item row through ``owner`` (an outer model holding the table, sharded or
+        not), so that one table serves both and a sharded lookup is made once per call."""
+        self.items = None
+        self._rows_of = (owner,)
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows of model ids ``[...]`` -> ``[..., d]`` (padding id 0 -> zeros)."""
+        if self._rows_of:
+            return self._rows_of[0].embed(ids)
         if self.items is not None:
             return self.items(ids)
         flat = ids.reshape(-1)
@@ -174,6 +185,8 @@ class SequentialModel(nn.Module, abc.ABC):
 
     def all_item_rows(self) -> torch.Tensor:
         """Every row of the item table, ``[table_rows, d]`` (a collective when sharded)."""
+        if self._rows_of:
+            return self._rows_of[0].all_item_rows()
         if self.items is not None:
             return self.items.weight
         if self._frozen_rows is not None:

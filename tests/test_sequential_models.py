@@ -321,6 +321,10 @@ def test_bad_attribute_files_are_clear_errors(tmp_path: Path, content: str, matc
     (["model.backbone=gru4rec", "model.params.max_len=1"], "max_len"),
     (["model.backbone=srgnn", "model.params.samples=windows"], "samples"),
     (["model.backbone=bert4rec", "model.params.mask_ratio=0"], "mask_ratio"),
+    (["model.backbone=sasrec", "model.params.item_table=sharded",
+      "model.params.table_optimizer={name: adam}"],
+     r"'adam' has no fused fbgemm kernel on cpu; item_table: sharded needs one \(on cpu: "
+     r"adagrad, rowwise_adagrad, sgd\)"),
 ])
 def test_bad_model_input_is_a_clear_error(tmp_path: Path, over: list[str], match: str) -> None:
     from recalign.jobs import train as train_job

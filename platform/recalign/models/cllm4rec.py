@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from recalign.errors import ConfigError
+from recalign.tables.optim import fused_table_optimizer
 from recalign.models.registry import register_backbone
 
 
@@ -81,11 +82,7 @@ class CLLM4RecParams(BaseModel):
         "torch", description="table backend: nn.Embedding, TorchRec embedding-bag tables, or "
         "(sharded) one TorchRec collection row-wise sharded over the ranks with a fused "
         "optimizer (table_optimizer, not lr) for millions of users and items")
-    table_optimizer: dict[str, Any] = Field(
-        default_factory=lambda: {"name": "rowwise_adagrad", "lr": 0.05},
-        description="tables: sharded only: the fused optimizer of the token rows "
-        "(recalign.tables.optim.TableOptimizerSpec; on CPU fbgemm fuses sgd, adagrad, "
-        "rowwise_adagrad)")
+    table_optimizer: dict[str, Any] = fused_table_optimizer("tables: sharded")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="the frozen LM's dtype")
 
     def resolved_lr(self) -> float:

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from recalign.errors import ConfigError
+from recalign.tables.optim import fused_table_optimizer
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss_fn(states [N, d], targets [N] model ids) -> scalar``, the task's softmax (a mean)."""
@@ -70,11 +71,7 @@ class SequentialParams(BaseModel):
         "trained by train.optimizer); sharded: TorchRec tables row-wise sharded over the ranks "
         "with an fbgemm fused optimizer (table_optimizer), for catalogues too large to "
         "replicate (use loss: sampled there: full softmax gathers every row each step)")
-    table_optimizer: dict[str, Any] = Field(
-        default_factory=lambda: {"name": "rowwise_adagrad", "lr": 0.05},
-        description="item_table: sharded only: the fused optimizer of the table rows "
-        "(recalign.tables.optim.TableOptimizerSpec; on CPU fbgemm fuses sgd, adagrad, "
-        "rowwise_adagrad)")
+    table_optimizer: dict[str, Any] = fused_table_optimizer("item_table: sharded")
     bf16: bool | Literal["auto"] = Field(False, description="score items in bf16 (fp32 "
                                          "accumulation, loss in fp32): ~2x faster output layer "
                                          "where bf16 is native (auto: CUDA, AVX512-BF16/AMX CPUs)")

@@ -59,6 +59,28 @@ def fused_supported(name: str, device: torch.device | str = "cpu") -> bool:
     return name in _FUSED_SUPPORT.get(torch.device(device).type, set())
 
 
+def fused_table_optimizer(setting: str) -> Any:
+    """The ``table_optimizer`` field of a model whose rows live in sharded TorchRec tables when
+    ``setting`` says so (e.g. ``"item_table: sharded"``); checked by :func:`fused_spec`."""
+    return Field(default_factory=lambda: {"name": "rowwise_adagrad", "lr": 0.05},
+                 description=f"{setting} only: the fused optimizer of the table rows "
+                 "(recalign.tables.optim.TableOptimizerSpec; on CPU fbgemm fuses sgd, adagrad, "
+                 "rowwise_adagrad)")
+
+
+def fused_spec(raw: dict[str, Any], device: torch.device | str, setting: str
+               ) -> TableOptimizerSpec:
+    """``model.params.table_optimizer`` as a spec, refused unless fbgemm fuses it on
+    ``device`` (the sharded tables update inside backward only)."""
+    spec = TableOptimizerSpec(**raw)
+    dev = torch.device(device).type
+    if not fused_supported(spec.name, dev):
+        raise ConfigError(f"model.params.table_optimizer {spec.name!r} has no fused fbgemm "
+                          f"kernel on {dev}; {setting} needs one (on {dev}: "
+                          f"{', '.join(sorted(_FUSED_SUPPORT.get(dev, set()))) or 'none'})")
+    return spec
+
+
 def resolve_kernel(spec: TableOptimizerSpec, device: torch.device | str = "cpu") -> str:
     """"dense" or "fused" for this optimizer on this device; an explicit impossible choice errors."""
     dev = torch.device(device).type

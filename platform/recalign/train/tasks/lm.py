@@ -195,14 +195,11 @@ class LMTask(Task):
         N(0, init_std²)), or one unsharded collection in one process (the same rows and
         optimizer, so 1 and N ranks agree)."""
         from recalign.models.cllm4rec import seeded_normal_rows
-        from recalign.tables import IdTables, fused_supported
+        from recalign.tables import IdTables
+        from recalign.tables.optim import fused_spec
 
         d, p, m, seed = self.d, self.p, self.model, self.cfg.train.seed
-        tspec = TableOptimizerSpec(**p.table_optimizer)
-        if not fused_supported(tspec.name, d.device):
-            raise ConfigError(f"model.params.table_optimizer {tspec.name!r} has no fused fbgemm "
-                              f"kernel on {d.device.type}; tables: sharded needs one (on CPU: "
-                              "sgd, adagrad, rowwise_adagrad)")
+        tspec = fused_spec(p.table_optimizer, d.device, "tables: sharded")
         nu, ni = m.table_rows()
         chunk = 1 << 16  # bounded scratch memory for huge tables
 

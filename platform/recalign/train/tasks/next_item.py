@@ -154,15 +154,12 @@ class NextItemTask(Task):
         row-wise sharded over the ranks (built on the meta device, each rank filling only its
         rows from the world-size-independent seeded init), or one unsharded table in one
         process (the same rows and optimizer, so 1 and N ranks agree)."""
-        from recalign.tables import IdTables, fused_supported
+        from recalign.tables import IdTables
+        from recalign.tables.optim import fused_spec
         from recalign.train.tasks.pairwise import init_full, init_shards, table_bounds
 
         d, t, p = self.d, self.cfg.train, self.p
-        tspec = TableOptimizerSpec(**p.table_optimizer)
-        if not fused_supported(tspec.name, d.device):
-            raise ConfigError(f"model.params.table_optimizer {tspec.name!r} has no fused fbgemm "
-                              f"kernel on {d.device.type}; item_table: sharded needs one (on "
-                              "CPU: sgd, adagrad, rowwise_adagrad)")
+        tspec = fused_spec(p.table_optimizer, d.device, "item_table: sharded")
         model = self.model
         if d.distributed:
             from recalign.tables.sharding import shard_model

@@ -5,7 +5,6 @@ computation, 1 and 2 ranks agree, and the parts they share are checked against b
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing as mp
 from pathlib import Path
 
@@ -382,6 +381,26 @@ def test_sharded_item_table_learns() -> None:
     model = res["task"].model
     assert model.items is None and model.tables is not None
     assert res["test"]["hr@10"] == pytest.approx(_brute_force_hr10(model, data), abs=1e-9)
+
+
+def test_lr_step_decay_follows_the_epoch_and_changes_only_later_epochs() -> None:
+    """``train.lr_decay`` (SR-GNN's authors: ×0.1 every 3 epochs, with Adam L2 1e-5): the
+    optimizer's lr per epoch is lr·0.1^(epoch // 3); the first 3 epochs are those of the run
+    without decay, later ones differ; a fused table optimizer (own lr) is refused."""
+    data = markov_sequences(120, 20, 8, seed=2)
+    kw = {"batch_size": 64, "patience": 100, "min_epochs": 0,
+          "optimizer": {"lr": 0.005, "weight_decay": 1e-5}}
+    decayed = train(cfg_for("srgnn", 5, lr_decay={"every": 3, "factor": 0.1}, **kw), data)
+    plain = train(cfg_for("srgnn", 5, **kw), data)
+    lrs = [h["lr"] for h in decayed["history"]]
+    np.testing.assert_allclose(lrs, [5e-3, 5e-3, 5e-3, 5e-4, 5e-4], rtol=1e-12)
+    assert "lr" not in plain["history"][0]
+    d, p = ([h["rec"] for h in r["history"]] for r in (decayed, plain))
+    np.testing.assert_allclose(d[:3], p[:3], rtol=1e-6)
+    assert abs(d[3] - p[3]) > 1e-4 and abs(d[4] - p[4]) > 1e-4
+    with pytest.raises(ConfigError, match="train.lr_decay: the decay applies to torch"):
+        train(cfg_for("sasrec", 1, {**small_params("sasrec"), **SHARDED},
+                      lr_decay={"every": 3}), data)
 
 
 def test_length_buckets_keep_every_sample_once_and_cut_padding() -> None:

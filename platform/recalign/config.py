@@ -380,6 +380,16 @@ class OptimizerConfig(Section):
         "fused where supported (CPU: sgd/adagrad/rowwise_adagrad; CUDA: also adam)")
 
 
+class LRDecayConfig(Section):
+    """Step decay of the torch optimizer's learning rate, a function of the epoch only (so a
+    resumed run continues it exactly): ``lr · factor^(epoch // every)``."""
+
+    every: int = Field(0, ge=0, description="epochs between decays (0: no decay); SR-GNN's "
+                       "authors: 3")
+    factor: float = Field(0.1, gt=0, le=1, description="multiplier at each decay (SR-GNN's "
+                          "authors: 0.1)")
+
+
 class PropagationConfig(Section):
     mode: Literal["full", "sampled"] = Field(
         "full", description="full: normalised adjacency on every worker; sampled: per batch, "
@@ -428,6 +438,7 @@ class TrainConfig(Section):
                             "(0: the reference schedule, which has no floor)")
     threads: int | None = Field(1, ge=1, description="torch threads per worker")
     optimizer: OptimizerConfig = OptimizerConfig()
+    lr_decay: LRDecayConfig = LRDecayConfig()
     propagation: PropagationConfig = PropagationConfig()
     sharding: Literal["row-wise", "table-wise", "planner"] = Field(
         "row-wise", description="DMP plan of the ID tables when workers > 1")

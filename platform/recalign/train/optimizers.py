@@ -21,6 +21,18 @@ class Optimizers:
         self.params = [p for p in dense if p.requires_grad]
         self.dense = dense_optimizer(self.params, spec) if self.params else None
         self.fused = fused
+        self._base_lr = [g["lr"] for g in self.dense.param_groups] if self.dense else []
+
+    def decay_lr(self, epoch: int, every: int, factor: float) -> float | None:
+        """Set the dense optimizer's lr for ``epoch`` to ``base · factor^(epoch // every)``
+        (``every`` 0: the base); the lr of the first group, None without a dense optimizer.
+        The fused table optimizer keeps its own lr (the trainer refuses decay with one)."""
+        if self.dense is None:
+            return None
+        scale = factor ** (epoch // every) if every else 1.0
+        for g, base in zip(self.dense.param_groups, self._base_lr, strict=True):
+            g["lr"] = base * scale
+        return float(self.dense.param_groups[0]["lr"])
 
     def zero_grad(self) -> None:
         if self.dense is not None:

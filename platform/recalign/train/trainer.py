@@ -33,6 +33,7 @@ import pyarrow as pa
 import torch
 
 from recalign.config import Config
+from recalign.errors import ConfigError
 from recalign.progress import progress
 from recalign.train import checkpoint as ckpt
 from recalign.train.curves import curves, plot_png
@@ -101,6 +102,10 @@ class Trainer:
         self.rng = seed_everything(t.seed)
         self.task: Task = self.task_cls(self.cfg, inp, d, self.rng)
         self.optim = self.task.build()
+        if t.lr_decay.every and self.optim.fused is not None:
+            raise ConfigError("train.lr_decay: the decay applies to torch (dense) optimizers; "
+                              "this run's table rows update in a fused fbgemm optimizer with "
+                              "its own lr (use dense tables, or train.lr_decay.every: 0)")
         self.stop = EarlyStopping(t.patience, t.min_epochs)
         self.best = ckpt.BestWeights(inp.run_dir, d.distributed, d.rank, d.barrier)
         self.epoch = 0
@@ -209,11 +214,14 @@ class Trainer:
         try:  # the bar's heartbeat thread stops however the loop ends
             while not self.done and self.epoch < t.max_epochs:
                 epoch = self.epoch
+                lr = self.optim.decay_lr(epoch, t.lr_decay.every, t.lr_decay.factor)
                 t0 = time.perf_counter()
                 losses = self.train_epoch()
                 t1 = time.perf_counter()
                 self.train_s += t1 - t0
                 rec: dict[str, Any] = {"epoch": epoch, **losses, "train_s": t1 - t0}
+                if t.lr_decay.every:
+                    rec["lr"] = lr
                 self.epoch = epoch + 1
                 if epoch % t.eval_every == 0:
                     valid = task.evaluate("valid")

@@ -359,6 +359,10 @@ def test_torchrec_token_tables_train_as_the_torch_ones(tmp_path: Path, lm: str) 
         assert [x for x in a if x is not None] == pytest.approx(
             [x for x in b if x is not None], rel=1e-5), k
     assert runs["torch"]["test"] == pytest.approx(runs["torchrec"]["test"], abs=1e-6)
+    # epoch 0 is the content-only warm-up (no C-step regulariser), epoch 1 alternates L/C
+    first, second = runs["torch"]["history"]
+    assert "content_ce" in first and "collab_ce" not in first and "mutual" not in first
+    assert {"content_ce", "collab_ce", "mutual"} <= set(second)
 
 
 def _rank(rank: int, folder: str, lm: str, out: dict) -> None:

@@ -174,6 +174,7 @@ class Trainer:
         totals: dict[str, float] = {}
         seen: dict[str, int] = {}  # a term's batches (a task may mix batch kinds in an epoch)
         n = 0
+        task.epoch = self.epoch
         for batch in task.batches():
             if self.bar is not None and n % 20 == 0:  # shown by the log heartbeat in long epochs
                 self.bar.set_postfix_str(f"{self._status} | epoch {self.epoch} step {n}",

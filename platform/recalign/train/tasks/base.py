@@ -44,6 +44,9 @@ class Task(abc.ABC):
 
     def __init__(self, cfg: Config, inp: "RunInputs", d: Dist, rng: np.random.Generator) -> None:
         self.cfg, self.inp, self.d, self.rng = cfg, inp, d, rng
+        #: the epoch :meth:`batches` draws (set by the trainer before each epoch; restored with
+        #: the trainer's loop state on resume)
+        self.epoch = 0
 
     # ------------------------------------------------------------------ driver side
     @classmethod

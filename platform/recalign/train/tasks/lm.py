@@ -253,16 +253,14 @@ class LMTask(Task):
             return ["rec"]
         if p.content == "none":  # LLM-CF: the collaborative LM alone
             return ["collab"]
-        # the trainer's epoch is not passed to batches(): count the epochs this task has drawn
-        return ["content"] if self._epochs_drawn < p.warmup_epochs else ["collab", "content"]
+        return ["content"] if self.warming_up() else ["collab", "content"]
 
-    @property
-    def _epochs_drawn(self) -> int:
-        return getattr(self, "_drawn", 0)
+    def warming_up(self) -> bool:
+        """Pretraining's content-only warm-up epochs (no mutual regulariser yet)."""
+        return self.p.phase == "pretrain" and self.epoch < self.p.warmup_epochs
 
     def batches(self) -> Iterator[LMBatch]:
         plan = self._epoch_plan()
-        self._drawn = self._epochs_drawn + 1
         epoch_seed = int(self.rng.integers(2**62))
         for kind in plan:
             yield from self._kind_batches(kind, epoch_seed)
@@ -284,7 +282,7 @@ class LMTask(Task):
     def _make(self, kind: str, units: np.ndarray, epoch_seed: int) -> LMBatch:
         data, p = self.data, self.p
         docs, pos, tgt, ru, ri, extra_r, extra_c = [], [], [], [], [], [], []
-        reg = p.lam > 0 and not (kind == "content" and self._epochs_drawn <= p.warmup_epochs)
+        reg = p.lam > 0 and not (kind == "content" and self.warming_up())
         for r, unit in enumerate(units):
             rng = np.random.default_rng((epoch_seed, kind == "content", int(unit)))
             if kind == "content":
@@ -504,11 +502,11 @@ class LMTask(Task):
             self.fused_opt.load_state_dict(state["optim"])
 
     def rank_state(self) -> dict[str, Any]:
-        return {"drawn": self._epochs_drawn, "tokens": self.tokens,
+        return {"tokens": self.tokens,
                 "neg_gen": self.neg_gen.get_state() if self.sampler is not None else None}
 
     def load_rank_state(self, state: dict[str, Any]) -> None:
-        self._drawn, self.tokens = state["drawn"], state["tokens"]
+        self.tokens = state["tokens"]
         if self.sampler is not None and state.get("neg_gen") is not None:
             self.neg_gen.set_state(state["neg_gen"])
 

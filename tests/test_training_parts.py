@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from recalign.errors import ConfigError
-from recalign.tables.seeded_init import BLOCK, seeded_rows
+from recalign.tables import seeded_init
+from recalign.tables.seeded_init import BLOCK, fill_rows, seeded_rows, uniform_rows
 from recalign.train.placement import resolve_device
 from recalign.train.stopping import EarlyStopping
 
@@ -26,6 +27,21 @@ def test_seeded_rows_do_not_depend_on_the_range_asked_for() -> None:
     assert not torch.equal(seeded_rows("item", 0, 5, 6, -0.5, 0.5, seed=12), full[:5])
     assert not torch.equal(seeded_rows("user", 0, 5, 6, -0.5, 0.5, seed=11), full[:5])
     assert seeded_rows("item", 4, 4, 6, -0.5, 0.5, seed=11).shape == (0, 6)
+
+
+def test_fill_rows_fills_tables_and_shards_in_bounded_chunks(monkeypatch) -> None:
+    """A whole table and the column/row shards of another split give the same rows, however
+    small the chunks (7 values: one 6-wide row per chunk)."""
+    monkeypatch.setattr(seeded_init, "FILL_VALUES", 7)
+    rows_of = uniform_rows({"item": (40, 6, -0.5, 0.5)}, seed=11)
+    whole = torch.full((40, 6), float("nan"))
+    fill_rows([("item", 0, 0, whole)], rows_of)
+    assert torch.equal(whole, seeded_rows("item", 0, 40, 6, -0.5, 0.5, seed=11))
+    shards = [("item", 0, 0, torch.empty(25, 4)), ("item", 0, 4, torch.empty(25, 2)),
+              ("item", 25, 0, torch.empty(15, 6))]
+    fill_rows(shards, rows_of)
+    top = torch.cat([shards[0][3], shards[1][3]], 1)
+    assert torch.equal(torch.cat([top, shards[2][3]]), whole)
 
 
 def test_device_resolution_names_the_key() -> None:

@@ -13,10 +13,15 @@ shard from the global generator, which ties the values to the sharding.
 from __future__ import annotations
 
 import zlib
+from typing import Callable, Iterable
 
 import torch
 
 BLOCK = 1 << 16
+#: float32 values drawn at once when filling a table (bounded scratch memory for huge tables)
+FILL_VALUES = 1 << 24
+#: ``rows_of(table, lo, hi, (c0, c1))``: rows lo..hi, columns c0..c1 of a table's initial value
+RowsFn = Callable[[str, int, int, tuple[int, int]], torch.Tensor]
 
 
 def _block_seed(seed: int, table: str, block: int) -> int:
@@ -42,3 +47,25 @@ def seeded_rows(table: str, lo: int, hi: int, dim: int, low: float, high: float,
         block = torch.empty(e - b0, dim).uniform_(low, high, generator=g)
         out[s - lo:e - lo] = block[s - b0:e - b0, c0:c1]
     return out
+
+
+def uniform_rows(bounds: dict[str, tuple[int, int, float, float]], seed: int) -> RowsFn:
+    """:func:`seeded_rows` of tables ``{name: (rows, dim, low, high)}``."""
+    def rows_of(table: str, lo: int, hi: int, cols: tuple[int, int]) -> torch.Tensor:
+        _, dim, low, high = bounds[table]
+        return seeded_rows(table, lo, hi, dim, low, high, seed, cols=cols)
+
+    return rows_of
+
+
+@torch.no_grad()
+def fill_rows(parts: Iterable[tuple[str, int, int, torch.Tensor]], rows_of: RowsFn) -> None:
+    """Fill each ``(table, global row offset, column offset, tensor)`` — a whole table, or a
+    rank's shard (:func:`recalign.tables.sharding.local_rows`) — with ``rows_of``'s rows, in
+    chunks of at most :data:`FILL_VALUES` values."""
+    for table, r0, c0, w in parts:
+        rows, cols = w.shape
+        step = max(1, FILL_VALUES // max(1, cols))
+        for s in range(0, rows, step):
+            e = min(rows, s + step)
+            w[s:e].copy_(rows_of(table, r0 + s, r0 + e, (c0, c0 + cols)).to(w.device, w.dtype))

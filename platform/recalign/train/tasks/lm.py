@@ -197,18 +197,14 @@ class LMTask(Task):
         from recalign.models.cllm4rec import seeded_normal_rows
         from recalign.tables import IdTables
         from recalign.tables.optim import fused_spec
+        from recalign.tables.seeded_init import fill_rows
 
         d, p, m, seed = self.d, self.p, self.model, self.cfg.train.seed
         tspec = fused_spec(p.table_optimizer, d.device, "tables: sharded")
         nu, ni = m.table_rows()
-        chunk = 1 << 16  # bounded scratch memory for huge tables
 
-        def fill(table: str, r0: int, c0: int, w: torch.Tensor) -> None:
-            rows, cols = w.shape
-            for s in range(0, rows, chunk):
-                e = min(rows, s + chunk)
-                w[s:e].copy_(seeded_normal_rows(table, r0 + s, r0 + e, m.dim, p.init_std, seed,
-                                                cols=(c0, c0 + cols)).to(w.device, w.dtype))
+        def normal_rows(table: str, lo: int, hi: int, cols: tuple[int, int]) -> torch.Tensor:
+            return seeded_normal_rows(table, lo, hi, m.dim, p.init_std, seed, cols=cols)
 
         if d.distributed:
             from recalign.tables.sharding import local_rows, shard_model
@@ -217,17 +213,15 @@ class LMTask(Task):
                               optimizer=tspec.model_copy(update={"kernel": "dense"}))
             self.dmp = shard_model(tables, "ebc", "row-wise", tspec, pg=d.pg, device=d.device,
                                    local_size=d.local_world)
-            with torch.no_grad():
-                for table, r0, c0, shard in local_rows(self.dmp):
-                    fill(table, r0, c0, shard)
+            fill_rows(local_rows(self.dmp), normal_rows)
             m.use_sharded_tables(self.dmp.module, d.max_int)
             self.fused_opt = self.dmp.fused_optimizer
             return
         tables = IdTables(nu, ni, m.dim, device=d.device,
                           optimizer=tspec.model_copy(update={"kernel": "fused"}))
-        with torch.no_grad():
-            for table, w in zip(("user", "item"), tables.weights()):  # views of the live rows
-                fill(table, 0, 0, w)
+        # tables.weights(): views of the live rows
+        fill_rows([(t, 0, 0, w) for t, w in zip(("user", "item"), tables.weights())],
+                  normal_rows)
         m.use_sharded_tables(tables, lambda n: n)
         self.fused_opt = tables.fused_optimizer()
 

@@ -402,7 +402,6 @@ class PairwiseTask(Task):
                                else {"from": self.warm.source, **self.warm.counts})}
 
 
-INIT_CHUNK = 1 << 20  # rows initialised at once
 
 
 def table_bounds(tables: Any) -> dict[str, tuple[int, int, float, float]]:
@@ -415,14 +414,10 @@ def table_bounds(tables: Any) -> dict[str, tuple[int, int, float, float]]:
 def init_full(tables: Any, seed: int, warm: Any = None) -> None:
     """One process: every row from the seeded init (same values as any sharding), then the
     warm-start rows."""
-    from recalign.tables.seeded_init import seeded_rows
+    from recalign.tables.seeded_init import fill_rows, uniform_rows
 
     u, i = tables.weights()  # views of the live tables
-    for name, w in (("user", u), ("item", i)):
-        n, dim, lo, hi = table_bounds(tables)[name]
-        for s in range(0, n, INIT_CHUNK):  # bounded scratch memory for huge tables
-            e = min(n, s + INIT_CHUNK)
-            w[s:e].copy_(seeded_rows(name, s, e, dim, lo, hi, seed).to(w.device, w.dtype))
+    fill_rows([("user", 0, 0, u), ("item", 0, 0, i)], uniform_rows(table_bounds(tables), seed))
     if warm is not None:
         from recalign.train.warm_start import apply_rows
 
@@ -434,22 +429,19 @@ def init_shards(dmp: Any, bounds: dict[str, tuple[int, int, float, float]], seed
                 warm: Any = None) -> None:
     """N ranks: each rank fills only its own shards (rows and columns) with the rows a
     1-process run has there, and the warm-start rows that fall in them."""
-    from recalign.tables.seeded_init import seeded_rows
+    from recalign.tables.seeded_init import fill_rows, uniform_rows
     from recalign.tables.sharding import local_rows
 
+    fill_rows(local_rows(dmp), uniform_rows(bounds, seed))
+    if warm is None:
+        return
     for table, r0, c0, shard in local_rows(dmp):
-        n, dim, lo, hi = bounds[table]
         rows, cols = shard.shape
-        for s in range(0, rows, INIT_CHUNK):
-            e = min(rows, s + INIT_CHUNK)
-            shard[s:e].copy_(seeded_rows(table, r0 + s, r0 + e, dim, lo, hi, seed,
-                                         cols=(c0, c0 + cols)).to(shard.device, shard.dtype))
-        if warm is not None:
-            ids = warm.ids[table]
-            sel = (ids >= r0) & (ids < r0 + rows)
-            if sel.any():
-                vec = torch.from_numpy(warm.vectors[table][sel][:, c0:c0 + cols])
-                shard[torch.from_numpy(ids[sel] - r0)] = vec.to(shard.device, shard.dtype)
+        ids = warm.ids[table]
+        sel = (ids >= r0) & (ids < r0 + rows)
+        if sel.any():
+            vec = torch.from_numpy(warm.vectors[table][sel][:, c0:c0 + cols])
+            shard[torch.from_numpy(ids[sel] - r0)] = vec.to(shard.device, shard.dtype)
 
 
 def layer0_tables(dmp: Any, net: Any) -> Callable[[str, int, int], torch.Tensor]:

@@ -193,14 +193,14 @@ def worker_threads(cfg: Config) -> Config:
 
 
 def _in_process(inp: Any, cfg: Config, resume: bool) -> dict[str, Any]:
-    from recalign.train.checkpoint import FolderCheckpoints
+    from recalign.train.checkpoint import FolderCheckpoints, latest_checkpoint
     from recalign.train.dist import Dist
     from recalign.train.placement import resolve_device
     from recalign.train.tasks import task_of
     from recalign.train.trainer import Hooks, run_training
 
     store = FolderCheckpoints(inp.run_dir)
-    hooks = Hooks(load=store.latest if resume else (lambda: None),
+    hooks = Hooks(load=(lambda: latest_checkpoint(inp.run_dir)) if resume else (lambda: None),
                   save=lambda local, epoch, metrics: store.save(local, epoch))
     device = resolve_device(cfg.train.device, task_of(cfg).devices)
     out = run_training(inp, Dist(device=device), hooks)

@@ -43,8 +43,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         f.write(str(os.getpid()))
 
     def load() -> str | None:
-        ck = ray.train.get_checkpoint()
-        return ck.to_directory() if ck is not None else None
+        ck = ray.train.get_checkpoint()  # this Ray run's own (restarts, a resumed Ray run)
+        if ck is not None:
+            return ck.to_directory()
+        if inputs.config["train"].get("resume"):  # a run that trained in process before
+            from recalign.train.checkpoint import latest_checkpoint
+
+            return latest_checkpoint(inputs.run_dir)
+        return None
 
     def save(local: str, epoch: int, metrics: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(local),

@@ -408,7 +408,7 @@ def test_two_ranks_follow_the_one_rank_run(tmp_path: Path, lm: str) -> None:
 
 def test_resume_continues_the_phase_schedule_exactly(tmp_path: Path, lm: str) -> None:
     """Stopped after the warm-up and one round, resumed: the same rounds, losses and metrics."""
-    from recalign.train.checkpoint import FolderCheckpoints
+    from recalign.train.checkpoint import FolderCheckpoints, latest_checkpoint
     from recalign.train.trainer import Hooks
 
     folder = clustered(tmp_path / "c", users=8)
@@ -425,7 +425,8 @@ def test_resume_continues_the_phase_schedule_exactly(tmp_path: Path, lm: str) ->
     # one run folder, as a real resume: the best weights of the first part stay readable
     run = str(tmp_path / "run")
     train(cfg(2), ds, hooks=Hooks(save=save), run_dir=run)
-    resumed = train(cfg(4), ds, hooks=Hooks(load=store.latest, save=save), run_dir=run)
+    resumed = train(cfg(4), ds, hooks=Hooks(load=lambda: latest_checkpoint(run), save=save),
+                    run_dir=run)
     assert resumed["resumed_from_epoch"] == 2
     strip = lambda hs: [{k: v for k, v in h.items() if not k.endswith("_s")} for h in hs]  # noqa
     assert strip(resumed["history"]) == strip(straight["history"])

@@ -218,7 +218,7 @@ def test_two_ranks_follow_the_one_rank_loss_curve(tmp_path: Path) -> None:
 def test_resume_from_a_checkpoint_reproduces_the_run(tmp_path: Path) -> None:
     """Interrupted after 2 epochs and resumed: the same losses and metrics. beta still grows
     (8 steps an epoch, total 64 steps, cap 1), so a resume that restarted its clock differs."""
-    from recalign.train.checkpoint import FolderCheckpoints
+    from recalign.train.checkpoint import FolderCheckpoints, latest_checkpoint
     from recalign.train.trainer import Hooks
 
     data = clustered()
@@ -230,7 +230,7 @@ def test_resume_from_a_checkpoint_reproduces_the_run(tmp_path: Path) -> None:
     save = lambda local, epoch, metrics: store.save(local, epoch)  # noqa: E731
     train(vae_config(params, max_epochs=2), data, hooks=Hooks(save=save))
     resumed = train(vae_config(params, max_epochs=4), data,
-                    hooks=Hooks(load=store.latest, save=save))
+                    hooks=Hooks(load=lambda: latest_checkpoint(str(tmp_path / "run")), save=save))
     assert resumed["resumed_from_epoch"] == 2
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
     assert resumed["test"] == straight["test"]

@@ -234,7 +234,7 @@ def test_two_ranks_follow_the_one_rank_loss_curve(tmp_path: Path) -> None:
 def test_resume_from_a_checkpoint_reproduces_the_run(tmp_path: Path, device: str) -> None:
     """Interrupted after 2 epochs and resumed: the same losses and metrics (the torch RNG —
     on CUDA the device's too — is part of the checkpoint, so dropout masks continue)."""
-    from recalign.train.checkpoint import FolderCheckpoints
+    from recalign.train.checkpoint import FolderCheckpoints, latest_checkpoint
     from recalign.train.trainer import Hooks
 
     data = markov_sequences(150, 30, 10, seed=2)
@@ -243,7 +243,7 @@ def test_resume_from_a_checkpoint_reproduces_the_run(tmp_path: Path, device: str
     save = lambda local, epoch, metrics: store.save(local, epoch)  # noqa: E731
     train(seq_config(max_epochs=2, device=device), data, hooks=Hooks(save=save))
     resumed = train(seq_config(max_epochs=4, device=device), data,
-                    hooks=Hooks(load=store.latest, save=save))
+                    hooks=Hooks(load=lambda: latest_checkpoint(str(tmp_path / "run")), save=save))
     assert resumed["resumed_from_epoch"] == 2
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
     assert resumed["test"] == straight["test"]

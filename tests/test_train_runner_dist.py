@@ -108,14 +108,13 @@ def test_zoo_two_ranks_train_like_one(tmp_path: Path, backbone: str, mode: str) 
                 loss_rel, metric_abs)
 
 
-def _resume_worker(rank: int, root: str, max_epochs: int, load: bool, out: dict) -> None:
-    """2 ranks; checkpoints gathered into one folder (as Ray Train merges the ranks' folders),
-    each rank loading from its own temporary copy."""
+def _folder_hooks(root: str, load: bool):
+    """Checkpoints gathered into ``<root>/ckpt`` (as Ray Train merges the ranks' folders),
+    each rank loading from its own temporary copy when ``load``."""
     import shutil
     import tempfile
 
-    from recalign.train.dist import Dist
-    from recalign.train.trainer import Hooks, run_training
+    from recalign.train.trainer import Hooks
 
     ck = Path(root, "ckpt")
 
@@ -131,8 +130,16 @@ def _resume_worker(rank: int, root: str, max_epochs: int, load: bool, out: dict)
         shutil.copytree(ck, tmp, dirs_exist_ok=True)
         return tmp
 
+    return Hooks(load=load_copy, save=save)
+
+
+def _resume_worker(rank: int, root: str, max_epochs: int, load: bool, out: dict) -> None:
+    """2 ranks (see :func:`_folder_hooks`)."""
+    from recalign.train.dist import Dist
+    from recalign.train.trainer import run_training
+
     inp = _inputs(root, 2, [f"train.max_epochs={max_epochs}", "train.eval_every=1"])
-    r = run_training(inp, Dist(rank, 2), Hooks(load=load_copy, save=save))
+    r = run_training(inp, Dist(rank, 2), _folder_hooks(root, load))
     if rank == 0:
         out["r"] = r
 
@@ -156,3 +163,49 @@ def test_two_ranks_resume_to_the_uninterrupted_result(tmp_path: Path) -> None:
     cb = json.loads((tmp_path / "resumed" / "run2" / "curves.json").read_text())
     assert cb["loss"]["loss"] == ca["loss"]["loss"]
     assert b["test"] == a["test"] and b["best_epoch"] == a["best_epoch"]
+
+
+def _reshard_run(rank: int, root: str, world: int, max_epochs: int, load: bool,
+                 out: dict) -> None:
+    """One leg of a run in ``<root>/run`` on ``world`` ranks (1: in process), checkpointing
+    into ``<root>/ckpt`` and, with ``load``, resuming from it."""
+    import dataclasses
+
+    from recalign.train.dist import Dist
+    from recalign.train.trainer import run_training
+
+    inp = dataclasses.replace(_inputs(root, world, [f"train.max_epochs={max_epochs}"]),
+                              run_dir=f"{root}/run")
+    r = run_training(inp, Dist(rank, world) if world > 1 else Dist(), _folder_hooks(root, load))
+    if rank == 0:
+        out["r"] = r
+
+
+def _leg(root: Path, world: int, max_epochs: int, load: bool) -> dict:
+    if world == 1:
+        out: dict = {}
+        _reshard_run(0, str(root), 1, max_epochs, load, out)
+        return out["r"]
+    with mp.Manager() as m:
+        shared = m.dict()
+        spawn_ranks(_reshard_run, world, str(root), world, max_epochs, load, shared)
+        return dict(shared)["r"]
+
+
+def test_resume_on_another_number_of_ranks_reshards(tmp_path: Path) -> None:
+    """Interrupted after 2 of 4 epochs on 2 ranks and resumed in one process, and the reverse:
+    the row-wise shards and the fused optimizer's row state (keyed by table, not by shard)
+    are resharded by torch.distributed.checkpoint, so both give the uninterrupted run (1 and 2
+    ranks train alike)."""
+    straight = _leg(tmp_path / "straight", 1, 4, False)
+    curve = json.loads((tmp_path / "straight" / "run" / "curves.json").read_text())
+    for first, then in ((2, 1), (1, 2)):
+        root = tmp_path / f"{first}to{then}"
+        _leg(root, first, 2, False)
+        r = _leg(root, then, 4, True)
+        assert r["resumed_from_epoch"] == 2 and r["resumed_from_ranks"] == first
+        assert r["workers"] == then
+        c = json.loads((root / "run" / "curves.json").read_text())
+        assert c["loss"]["loss"] == pytest.approx(curve["loss"]["loss"], rel=1e-5)
+        assert r["test"] == pytest.approx(straight["test"], abs=1e-6)
+        assert r["best_epoch"] == straight["best_epoch"]

@@ -88,19 +88,58 @@ def test_a_checkpoint_of_another_task_is_refused(tmp_path) -> None:
                       None)
 
 
-def test_resuming_with_another_number_of_workers_is_a_clear_error(tmp_path) -> None:
-    """The sharded state of 1 worker is not resharded onto 2: refused before anything starts,
-    naming both worker counts."""
+def test_latest_checkpoint_takes_the_newest_complete_one_of_either_store(tmp_path) -> None:
+    """The in-process store (``checkpoints/LATEST``) and Ray Train's merged folders
+    (``checkpoint_epoch-<e>``) of one run: the newest complete one wins; a Ray folder missing a
+    rank's loop state (an upload cut off) is passed over."""
+    import json
+    from pathlib import Path
+
+    from recalign.train.checkpoint import latest_checkpoint
+
+    def folder(path: Path, ranks: int, tag: str, missing: str | None = None) -> None:
+        path.mkdir(parents=True)
+        (path / "meta.json").write_text(json.dumps({"ranks": ranks}))
+        for f in [".metadata", *(f"rank-{r}.pt" for r in range(ranks))]:
+            if f != missing:
+                (path / f).write_text(tag)
+
+    run = tmp_path / "run"
+    assert latest_checkpoint(str(run)) is None
+    folder(run / "checkpoints" / "epoch-000002", 1, "in-process 2")
+    (run / "checkpoints" / "LATEST").write_text("epoch-000002")
+    assert Path(latest_checkpoint(str(run)), "rank-0.pt").read_text() == "in-process 2"
+    folder(run / "checkpoint_epoch-000003", 2, "ray 3")
+    folder(run / "checkpoint_epoch-000004", 2, "ray 4", missing="rank-1.pt")
+    got = Path(latest_checkpoint(str(run)))
+    assert (got / "rank-1.pt").read_text() == "ray 3" and got != run / "checkpoint_epoch-000003"
+    folder(run / "checkpoints" / "epoch-000005", 1, "in-process 5")
+    (run / "checkpoints" / "LATEST").write_text("epoch-000005")
+    assert Path(latest_checkpoint(str(run)), "rank-0.pt").read_text() == "in-process 5"
+
+
+def test_a_one_worker_checkpoint_resumes_on_two_ray_train_workers(tmp_path) -> None:
+    """``recalign train`` stopped after 1 epoch in one process, resumed with ``train.workers:
+    2`` (Ray Train): the row-wise shards are filled from the one-process checkpoint and the
+    run continues from epoch 1 (equality with an uninterrupted run: test_train_runner_dist)."""
     from recalign.config import load_config
     from recalign.jobs import train as train_job
 
     base = ["data.source=synthetic", "data.synthetic.users=60", "data.synthetic.items=40",
-            "data.synthetic.interactions=900", f"output.root={tmp_path}", "train.max_epochs=1",
-            "train.run_name=w", "model.params={dim: 8, layers: 1}",
+            "data.synthetic.interactions=900", f"output.root={tmp_path}", "train.run_name=w",
+            "model.params={dim: 8, layers: 1}", "train.eval_every=1",
             "train.optimizer={name: rowwise_adagrad, lr: 0.05}"]
-    train_job.run(load_config(None, base), None)
-    with pytest.raises(ConfigError, match="workers: checkpoint 1 vs config 2"):
-        train_job.run(load_config(None, [*base, "train.workers=2", "train.resume=true"]), None)
+    import json
+    from pathlib import Path
+
+    first = train_job.run(load_config(None, [*base, "train.max_epochs=1"]), None)
+    loss = json.loads(Path(first["run_dir"], "curves.json").read_text())["loss"]["loss"]
+    out = train_job.run(load_config(None, [*base, "train.max_epochs=2", "train.workers=2",
+                                           "train.resume=true"]), None)
+    assert out["resumed_from_epoch"] == 1 and out["resumed_from_ranks"] == 1
+    assert out["workers"] == 2 and out["epochs"] == 2 and out["run_dir"] == first["run_dir"]
+    both = json.loads(Path(out["run_dir"], "curves.json").read_text())["loss"]["loss"]
+    assert len(both) == 2 and both[0] == loss[0]  # epoch 0 is the one-process run's
 
 
 def test_backbone_train_defaults_fill_only_unset_keys() -> None:

@@ -81,6 +81,36 @@ def fused_spec(raw: dict[str, Any], device: torch.device | str, setting: str
     return spec
 
 
+def _table_state(param_key: str, state_key: str) -> tuple[str, str]:
+    """(table, state name) of one fused-optimizer state entry. One process (TorchRec's fused
+    collection): ``user.weight`` / ``user.weight.momentum_1``; sharded (DMP): ``<module
+    path>.embedding_bags.user.weight`` / ``user.momentum1``."""
+    return param_key.rsplit(".", 2)[-2], state_key.rsplit(".", 1)[-1].replace("_", "")
+
+
+def fused_state(opt: Any) -> dict[str, dict[str, Any]]:
+    """A fused table optimizer's row state as ``{table: {state: tensor}}`` — the same keys
+    whether the tables are sharded or not, so that a checkpoint written by N ranks loads on M
+    (torch.distributed.checkpoint reshards the tensors by their row offsets). The tensors are
+    the optimizer's own; :func:`load_fused_state` puts loaded values back."""
+    out: dict[str, dict[str, Any]] = {}
+    for pkey, states in opt.state_dict()["state"].items():
+        for skey, value in states.items():
+            table, name = _table_state(pkey, skey)
+            out.setdefault(table, {})[name] = value
+    return out
+
+
+def load_fused_state(opt: Any, state: dict[str, dict[str, Any]]) -> None:
+    """Load :func:`fused_state`'s layout into ``opt`` (hyperparameters stay the config's)."""
+    native = opt.state_dict()
+    for pkey, states in native["state"].items():
+        for skey in states:
+            table, name = _table_state(pkey, skey)
+            states[skey] = state[table][name]
+    opt.load_state_dict(native)
+
+
 def resolve_kernel(spec: TableOptimizerSpec, device: torch.device | str = "cpu") -> str:
     """"dense" or "fused" for this optimizer on this device; an explicit impossible choice errors."""
     dev = torch.device(device).type

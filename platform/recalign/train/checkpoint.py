@@ -10,7 +10,13 @@ uploads them into one checkpoint directory, the in-process store copies it)::
     rank-<r>.pt                    loop state: epoch, history, early-stopping state, RNG
                                    states (CPU and CUDA), dense optimizer, the task's own
                                    state; plain types and tensors, loaded with weights_only
-    meta.json                      dims and ids counts, to refuse a mismatching resume
+    meta.json                      dims and ids counts, to refuse a mismatching resume; the
+                                   number of ranks that wrote it
+
+Another number of ranks may resume it: the tables and the fused optimizer's row state are
+keyed by table, not by shard (:func:`recalign.tables.optim.fused_state`), and
+torch.distributed.checkpoint reshards them by row offsets; the loop state is the same on every
+rank (one seed, replicated dense parameters), so a rank that did not write one reads rank 0's.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from recalign.storage.uri import fsspec_filesystem, join
 
 
 def save_local(folder: str, rank: int, sharded: dict[str, Any], rank_state: dict[str, Any],
-               meta: dict[str, Any], distributed: bool) -> None:
+               meta: dict[str, Any], distributed: bool, world: int = 1) -> None:
     import torch.distributed.checkpoint as dcp
 
     os.makedirs(folder, exist_ok=True)
@@ -39,14 +45,15 @@ def save_local(folder: str, rank: int, sharded: dict[str, Any], rank_state: dict
         dcp.save(sharded, checkpoint_id=folder, no_dist=not distributed)
     torch.save(rank_state, os.path.join(folder, f"rank-{rank}.pt"))
     if rank == 0:
-        Path(folder, "meta.json").write_text(json.dumps(meta, sort_keys=True))
+        Path(folder, "meta.json").write_text(json.dumps({**meta, "ranks": world}, sort_keys=True))
 
 
-def check_meta(folder: str, meta: dict[str, Any]) -> None:
-    """A checkpoint written for another model shape is a clear error, not a crash in load."""
+def check_meta(folder: str, meta: dict[str, Any]) -> int | None:
+    """A checkpoint written for another model shape is a clear error, not a crash in load.
+    Returns how many ranks wrote it (None: not recorded)."""
     p = Path(folder, "meta.json")
     if not p.exists():
-        return
+        return None
     old = json.loads(p.read_text())
     diff = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
     if diff:
@@ -54,6 +61,7 @@ def check_meta(folder: str, meta: dict[str, Any]) -> None:
         raise ConfigError(f"train.resume: the checkpoint in {folder} does not match this run "
                           f"({what}); start a new run (train.resume: false or another "
                           f"train.run_name)")
+    return old.get("ranks")
 
 
 def load_local(folder: str, rank: int, sharded: dict[str, Any],
@@ -64,8 +72,11 @@ def load_local(folder: str, rank: int, sharded: dict[str, Any],
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dcp.load(sharded, checkpoint_id=folder, no_dist=not distributed)
+    path = os.path.join(folder, f"rank-{rank}.pt")
+    if not os.path.exists(path):  # written by fewer ranks: the loop state is every rank's
+        path = os.path.join(folder, "rank-0.pt")
     # plain types and tensors only (numpy RNG states are dicts of ints): nothing is unpickled
-    return torch.load(os.path.join(folder, f"rank-{rank}.pt"), weights_only=True)
+    return torch.load(path, weights_only=True)
 
 
 class FolderCheckpoints:
@@ -90,18 +101,54 @@ class FolderCheckpoints:
             if stale != name:
                 fs.rm(f"{base}/{stale}", recursive=True)
 
-    def latest(self) -> str | None:
-        """Download the latest checkpoint into a temp folder; None if there is none."""
-        fs, base = fsspec_filesystem(self.base)
-        try:
-            with fs.open(f"{base}/LATEST", "r") as fh:
-                name = fh.read().strip()
-        except FileNotFoundError:
-            return None
-        local = tempfile.mkdtemp(prefix="recalign-ckpt-")
-        for p in fs.ls(f"{base}/{name}", detail=False):
-            fs.get_file(p, os.path.join(local, p.rsplit("/", 1)[-1]))
-        return local
+
+def _epoch_of(name: str, prefix: str) -> int | None:
+    tail = name[len(prefix):] if name.startswith(prefix) else ""
+    return int(tail) if tail.isdigit() else None
+
+
+def _complete(fs: Any, folder: str) -> bool:
+    """Every file a checkpoint needs is there: the DCP metadata, meta.json and the loop state
+    of every rank it names (Ray Train uploads the ranks' files one by one)."""
+    try:
+        names = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False)}
+        if not {".metadata", "meta.json"} <= names:
+            return False
+        with fs.open(f"{folder}/meta.json", "r") as fh:
+            ranks = int(json.load(fh).get("ranks", 1))
+    except (OSError, ValueError):
+        return False
+    return all(f"rank-{r}.pt" in names for r in range(ranks))
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    """The newest complete checkpoint of a run, whichever wrote it — the in-process store
+    (``checkpoints/epoch-<e>``, :class:`FolderCheckpoints`) or Ray Train
+    (``checkpoint_epoch-<e>``, the ranks' folders merged) — copied into a temporary folder;
+    None if there is none. So ``train.resume`` continues a run whether it ran in process or
+    on Ray Train workers before, on any number of workers."""
+    fs, base = fsspec_filesystem(run_dir)
+    found: list[tuple[int, str]] = []
+    try:
+        with fs.open(f"{base}/checkpoints/LATEST", "r") as fh:  # its own pointer, written last
+            name = fh.read().strip()
+        e = _epoch_of(name, "epoch-")
+        if e is not None:
+            found.append((e, f"{base}/checkpoints/{name}"))
+    except FileNotFoundError:
+        pass
+    if fs.exists(base):
+        for p in fs.ls(base, detail=False):
+            e = _epoch_of(p.rstrip("/").rsplit("/", 1)[-1], "checkpoint_epoch-")
+            if e is not None and _complete(fs, p.rstrip("/")):
+                found.append((e, p.rstrip("/")))
+    if not found:
+        return None
+    _, src = max(found)
+    local = tempfile.mkdtemp(prefix="recalign-ckpt-")
+    for p in fs.ls(src, detail=False):
+        fs.get_file(p, os.path.join(local, p.rstrip("/").rsplit("/", 1)[-1]))
+    return local
 
 
 class BestWeights:

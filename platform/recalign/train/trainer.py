@@ -114,6 +114,7 @@ class Trainer:
         self.examples = 0
         self.done = False
         self.resumed_from: int | None = None
+        self.resumed_ranks: int | None = None  # ranks that wrote the checkpoint resumed
         self.bar: Any = None
         self._status = ""
 
@@ -138,7 +139,7 @@ class Trainer:
                                           if self.optim.dense is not None else None),
                           "task": self.task.rank_state()}
             ckpt.save_local(local, d.rank, self._sharded(), rank_state,
-                            self.task_cls.meta(self.cfg, self.inp.data), d.distributed)
+                            self.task_cls.meta(self.cfg, self.inp.data), d.distributed, d.world)
             self.hooks.save(local, self.epoch, metrics)
         finally:
             shutil.rmtree(local, ignore_errors=True)
@@ -148,7 +149,7 @@ class Trainer:
         if folder is None:
             return
         d = self.d
-        ckpt.check_meta(folder, self.task_cls.meta(self.cfg, self.inp.data))
+        self.resumed_ranks = ckpt.check_meta(folder, self.task_cls.meta(self.cfg, self.inp.data))
         sd = self._sharded()
         rs = ckpt.load_local(folder, d.rank, sd, d.distributed)
         self.task.load_sharded_state(sd)
@@ -164,7 +165,8 @@ class Trainer:
         self.train_s, self.eval_s, self.examples = loop["train_s"], loop["eval_s"], loop["examples"]
         self.resumed_from = self.epoch
         shutil.rmtree(folder, ignore_errors=True)  # a temporary local copy (Hooks.load)
-        log.info("rank %d resumed at epoch %d", d.rank, self.epoch)
+        log.info("rank %d resumed at epoch %d (checkpoint of %s ranks, now %d)", d.rank,
+                 self.epoch, self.resumed_ranks, d.world)
 
     # ------------------------------------------------------------------ the loop
     def train_epoch(self) -> dict[str, float]:
@@ -313,7 +315,8 @@ class Trainer:
                    "train_seconds": round(self.train_s, 3), "eval_seconds": round(self.eval_s, 3),
                    "export_seconds": None if export_s is None else round(export_s, 3),
                    "workers": d.world, "device": str(d.device),
-                   "resumed_from_epoch": self.resumed_from, "run_dir": self.inp.run_dir,
+                   "resumed_from_epoch": self.resumed_from,
+                   "resumed_from_ranks": self.resumed_ranks, "run_dir": self.inp.run_dir,
                    f"{units}_trained": self.examples,
                    f"{units}_per_s": (round(self.examples / self.train_s, 1)
                                       if self.train_s else None),

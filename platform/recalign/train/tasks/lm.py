@@ -37,7 +37,7 @@ from recalign.data.documents import LMData
 from recalign.errors import ConfigError
 from recalign.eval.metrics import get_protocol, with_sums
 from recalign.models.cllm4rec import CLLM4Rec, CLLM4RecParams, load_lm, lm_vocab
-from recalign.tables.optim import TableOptimizerSpec
+from recalign.tables.optim import TableOptimizerSpec, fused_state, load_fused_state
 from recalign.train.evaluation import eval_users, ranking_metrics
 from recalign.train.optimizers import Optimizers
 from recalign.train.tasks.base import Task, rank_slices
@@ -487,13 +487,13 @@ class LMTask(Task):
     def sharded_state(self) -> dict[str, Any]:
         out = self.weights_state()
         if self.fused_opt is not None:  # the fused optimizer's (sharded) row state
-            out["optim"] = self.fused_opt.state_dict()
+            out["optim"] = fused_state(self.fused_opt)
         return out
 
     def load_sharded_state(self, state: dict[str, Any]) -> None:
         self.load_weights_state(state)
         if self.fused_opt is not None and "optim" in state:
-            self.fused_opt.load_state_dict(state["optim"])
+            load_fused_state(self.fused_opt, state["optim"])
 
     def rank_state(self) -> dict[str, Any]:
         return {"tokens": self.tokens,

@@ -31,7 +31,7 @@ from recalign.eval.metrics import get_protocol
 from recalign.models.item_softmax import (NegativeSampler, full_softmax_loss,
                                           sampled_softmax_loss)
 from recalign.models.sequential import ViewContext
-from recalign.tables.optim import TableOptimizerSpec
+from recalign.tables.optim import TableOptimizerSpec, fused_state, load_fused_state
 from recalign.train.evaluation import eval_users, ranking_metrics
 from recalign.train.optimizers import Optimizers
 from recalign.train.tasks.base import Task, rank_slices
@@ -289,13 +289,13 @@ class NextItemTask(Task):
     def sharded_state(self) -> dict[str, Any]:
         out = {"model": (self.dmp or self.model).state_dict()}
         if self.fused_opt is not None:
-            out["optim"] = self.fused_opt.state_dict()
+            out["optim"] = fused_state(self.fused_opt)
         return out
 
     def load_sharded_state(self, state: dict[str, Any]) -> None:
         (self.dmp or self.model).load_state_dict(state["model"])
         if self.fused_opt is not None and "optim" in state:
-            self.fused_opt.load_state_dict(state["optim"])
+            load_fused_state(self.fused_opt, state["optim"])
 
     def rank_state(self) -> dict[str, Any]:
         return {"neg_gen": self.neg_gen.get_state() if self.sampler is not None else None}

@@ -35,7 +35,8 @@ from recalign.config import Config
 from recalign.data.sampler import BPRBatch, BPRSampler
 from recalign.errors import ConfigError
 from recalign.eval.metrics import get_protocol
-from recalign.tables.optim import TableOptimizerSpec, fused_supported
+from recalign.tables.optim import (TableOptimizerSpec, fused_state, fused_supported,
+                                   load_fused_state)
 from recalign.train.data import CFData
 from recalign.train.evaluation import eval_users, ranking_metrics
 from recalign.train.optimizers import Optimizers
@@ -70,8 +71,6 @@ class PairwiseTask(Task):
         p = backbone_params(cfg)
         return {"task": cls.name, "backbone": cfg.model.backbone, "dim": p.get("dim"),
                 "n_users": int(data.n_users), "n_items": int(data.n_items),
-                "workers": cfg.train.workers,
-                "sharding": cfg.train.sharding if cfg.train.workers > 1 else None,
                 "propagation": cfg.train.propagation.mode, "align": cfg.align.method}
 
     @classmethod
@@ -268,13 +267,13 @@ class PairwiseTask(Task):
         sd = self.dmp.state_dict() if self.dmp is not None else self.net.state_dict()
         out: dict[str, Any] = {"model": sd}
         if self.fused_opt is not None:
-            out["optim"] = self.fused_opt.state_dict()
+            out["optim"] = fused_state(self.fused_opt)
         return out
 
     def load_sharded_state(self, state: dict[str, Any]) -> None:
         (self.dmp or self.net).load_state_dict(state["model"])
         if self.fused_opt is not None and "optim" in state:
-            self.fused_opt.load_state_dict(state["optim"])
+            load_fused_state(self.fused_opt, state["optim"])
 
     def rank_state(self) -> dict[str, Any]:
         return {"aux_rng": self.aux_rng.bit_generator.state, "align": self.align.state_dict()}

@@ -88,6 +88,22 @@ def test_a_checkpoint_of_another_task_is_refused(tmp_path) -> None:
                       None)
 
 
+def test_a_checkpoint_that_does_not_fit_the_run_is_a_clear_error(tmp_path) -> None:
+    """A checkpoint without a key this run's state has (e.g. the fused optimizer state of an
+    older layout) names the key and what to do; one that fits loads."""
+    from recalign.train.checkpoint import load_local, save_local
+
+    folder = str(tmp_path / "c")
+    save_local(folder, 0, {"model": {"w": torch.arange(3.0)}}, {"loop": 1}, {"task": "t"}, False)
+    target = {"model": {"w": torch.ones(3)}, "optim": {"user": {"momentum1": torch.ones(2)}}}
+    with pytest.raises(ConfigError, match=r"does not fit this run's state .*optim\.user\."
+                       r"momentum1.*start a new run"):
+        load_local(folder, 0, target, False)
+    fits = {"model": {"w": torch.ones(3)}}
+    assert load_local(folder, 0, fits, False) == {"loop": 1}
+    assert torch.equal(fits["model"]["w"], torch.arange(3.0))
+
+
 def test_latest_checkpoint_takes_the_newest_complete_one_of_either_store(tmp_path) -> None:
     """The in-process store (``checkpoints/LATEST``) and Ray Train's merged folders
     (``checkpoint_epoch-<e>``) of one run: the newest complete one wins; a Ray folder missing a

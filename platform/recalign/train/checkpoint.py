@@ -68,10 +68,17 @@ def load_local(folder: str, rank: int, sharded: dict[str, Any],
                distributed: bool) -> dict[str, Any]:
     """Load in place into ``sharded`` (the same structure that was saved); return rank state."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dcp.load(sharded, checkpoint_id=folder, no_dist=not distributed)
+        try:
+            dcp.load(sharded, checkpoint_id=folder, no_dist=not distributed)
+        except (Exception, CheckpointException) as exc:  # DCP names a key deep inside
+            raise ConfigError(f"train.resume: the checkpoint in {folder} does not fit this run's "
+                              f"state (written by another recalign version or model layout: "
+                              f"{str(exc).strip().splitlines()[-1][:300]}); start a new run "
+                              "(train.resume: false or another train.run_name)") from exc
     path = os.path.join(folder, f"rank-{rank}.pt")
     if not os.path.exists(path):  # written by fewer ranks: the loop state is every rank's
         path = os.path.join(folder, "rank-0.pt")

@@ -36,7 +36,6 @@ DESCRIPTION = "Run the nightly pipeline: ingest, profiles, embed, graphs (llmrg.
               "train, export (skipping unchanged stages)."
 
 
-
 class PipelineError(RecalignError):
     """A stage failed; the message names it."""
 

@@ -104,3 +104,64 @@ def test_sharded_tables_learn_and_finetune_from_a_sharded_pretraining(tmp_path: 
     ft = train(cfg, ds)
     assert all(x["rec_nll"] > 0 for x in ft["history"])
     assert ft["test"]["users_evaluated"] == 8
+
+
+def _finetune_leg(rank: int, root: str, folder: str, lm: str, pre: str, world: int,
+                  epochs: int, load: bool, out: dict) -> None:
+    """A sharded fine-tuning run in ``<root>/run`` on ``world`` ranks (1: in process),
+    checkpointing every epoch into ``<root>/ckpt`` and, with ``load``, resuming from it."""
+    from test_train_runner_dist import _folder_hooks
+
+    from recalign.train.dist import Dist
+    from recalign.train.tasks import task_of, with_task_defaults
+    from recalign.train.trainer import RunInputs, Trainer
+
+    cfg = with_task_defaults(cfg_of(Path(folder), lm, phase="finetune", tables="sharded",
+                                    init_from=pre, eval_batch=5))
+    cfg.train.max_epochs, cfg.train.checkpoint_every = epochs, 1
+    ds = load_dataset(cfg.data)
+    inp = RunInputs(config=cfg.model_dump(mode="json"), data=task_of(cfg).prepare(cfg, ds),
+                    user_keys=ds.user_map.keys, item_keys=ds.item_map.keys,
+                    run_dir=f"{root}/run")
+    r = Trainer(inp, Dist(rank, world) if world > 1 else Dist(), _folder_hooks(root, load)).run()
+    if rank == 0:
+        out["r"] = r
+        out["curves"] = json.loads(Path(f"{root}/run/curves.json").read_text())
+
+
+def _finetune(root: Path, world: int, *args) -> dict:
+    if world == 1:
+        out: dict = {}
+        _finetune_leg(0, str(root), *args[:3], 1, *args[3:], out)
+        return out
+    with mp.Manager() as mgr:
+        shared = mgr.dict()
+        spawn_ranks(_finetune_leg, world, str(root), *args[:3], world, *args[3:], shared)
+        return dict(shared)
+
+
+def test_sharded_finetuning_resumes_on_two_ranks_and_on_one(tmp_path: Path, lm: str) -> None:
+    """RecLLM fine-tuning with sharded token tables on 2 ranks, stopped after 2 of 3 epochs:
+    resumed on the same 2 ranks, and resharded onto 1 process (tables and the fused
+    optimizer's row state by offsets), it ends as the uninterrupted 1-process run — same
+    losses per epoch, same test metrics, same best epoch."""
+    import shutil
+
+    folder = clustered(tmp_path / "c", users=11)
+    ds = load_dataset(cfg_of(folder, lm).data)
+    pre = train(cfg_of(folder, lm, warmup_epochs=0, tables="sharded"), ds,
+                run_dir=str(tmp_path / "pre"))["run_dir"]
+    args = (str(folder), lm, pre)
+    straight = _finetune(tmp_path / "straight", 1, *args, 3, False)
+    want = straight["curves"]["loss"]["loss"]
+    assert len(want) == 3 and want[-1] < want[0]
+    _finetune(tmp_path / "two", 2, *args, 2, False)
+    shutil.copytree(tmp_path / "two", tmp_path / "two-to-one")
+    for name, world in (("two", 2), ("two-to-one", 1)):
+        got = _finetune(tmp_path / name, world, *args, 3, True)
+        r = got["r"]
+        assert r["resumed_from_epoch"] == 2 and r["resumed_from_ranks"] == 2, name
+        assert got["curves"]["loss"]["loss"] == pytest.approx(want, rel=REL), name
+        assert r["best_epoch"] == straight["r"]["best_epoch"], name
+        for m in ("recall@20", "recall@40", "ndcg@100"):
+            assert r["test"][m] == pytest.approx(straight["r"]["test"][m], abs=1e-6), (name, m)

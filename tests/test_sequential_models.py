@@ -339,6 +339,8 @@ def test_bad_model_input_is_a_clear_error(tmp_path: Path, over: list[str], match
 # ------------------------------------------------------------------ sharded item table
 SHARDED = {"item_table": "sharded", "loss": "sampled", "negatives": 16,
            "table_optimizer": {"name": "rowwise_adagrad", "lr": 0.1}}
+#: SASRec (the item table alone), SR-GNN (other lookups), FDSA (an attribute table beside it)
+SHARDED_BACKBONES = ("sasrec", "srgnn", "fdsa")
 
 
 def _sharded_ranks(rank: int, root: str, out: dict) -> None:
@@ -346,7 +348,7 @@ def _sharded_ranks(rank: int, root: str, out: dict) -> None:
     from recalign.train.tasks import with_task_defaults
     from recalign.train.trainer import RunInputs, Trainer
 
-    for bb in ("sasrec", "srgnn"):
+    for bb in SHARDED_BACKBONES:
         cfg = with_task_defaults(cfg_for(bb, 3, {**no_dropout(bb), **SHARDED}, batch_size=64))
         inp = RunInputs(cfg.model_dump(mode="json"), rank_data(), None, None, f"{root}/{bb}")
         r = Trainer(inp, Dist(rank, 2)).run()
@@ -358,14 +360,14 @@ def test_sharded_item_table_two_ranks_equal_one(tmp_path: Path) -> None:
     """``item_table: sharded``: the item rows in TorchRec tables, row-wise sharded over 2 ranks
     with a fused rowwise-Adagrad, sampled softmax looking up only targets and negatives; one
     process holds the same table unsharded with the same optimizer, so the loss curves and the
-    evaluation agree."""
+    evaluation agree (FDSA: its attribute table sharded beside the items)."""
     one = {bb: train(cfg_for(bb, 3, {**no_dropout(bb), **SHARDED}, batch_size=64), rank_data())
-           for bb in ("sasrec", "srgnn")}
+           for bb in SHARDED_BACKBONES}
     with mp.Manager() as m:
         out = m.dict()
         spawn_ranks(_sharded_ranks, 2, str(tmp_path), out)
         two = dict(out)
-    for bb in ("sasrec", "srgnn"):
+    for bb in SHARDED_BACKBONES:
         c1 = [h["rec"] for h in one[bb]["history"]]
         c2 = json.loads((tmp_path / bb / "curves.json").read_text())["loss"]["rec"]
         np.testing.assert_allclose(c2, c1, rtol=1e-4, err_msg=bb)
@@ -381,6 +383,31 @@ def test_sharded_item_table_learns() -> None:
     model = res["task"].model
     assert model.items is None and model.tables is not None
     assert res["test"]["hr@10"] == pytest.approx(_brute_force_hr10(model, data), abs=1e-9)
+
+
+def test_fdsa_sharded_attribute_table_is_a_trained_torchrec_table() -> None:
+    """``item_table: sharded`` with FDSA: the attribute rows leave the model's nn.EmbeddingBag
+    for a third table of the TorchRec collection, start from the seeded init, are updated by
+    the fused optimizer, and an item's feature is the mean of its attributes' rows there."""
+    from recalign.tables.seeded_init import seeded_rows
+
+    data = rank_data()
+    res = train(cfg_for("fdsa", 2, {**no_dropout("fdsa"), **SHARDED}, batch_size=64), data,
+                keep_model=True)
+    model = res["task"].model
+    assert model.attributes is None and model.tables.keys == ["user", "item", "attribute"]
+    rows = model.tables.all_rows_of("attribute").detach()
+    cfg = next(c for c in model.tables.configs if c.name == "attribute")
+    assert rows.shape == (12, 32)
+    init = seeded_rows("attribute", 0, 12, 32, cfg.weight_init_min, cfg.weight_init_max, 3)
+    moved = (rows - init).abs().amax(1)
+    assert (moved > 1e-3).all(), moved  # every attribute occurs in training
+    x = torch.tensor([[0, 1, 5, 1], [3, 4, 5, 30]])
+    a = data.attributes
+    want = torch.stack([torch.stack([
+        rows[a.ids[a.indptr[i - 1]:a.indptr[i]]].mean(0) if i > 0 else torch.zeros(32)
+        for i in row.tolist()]) for row in x])
+    torch.testing.assert_close(model.item_features(x).detach(), want)
 
 
 def test_lr_step_decay_follows_the_epoch_and_changes_only_later_epochs() -> None:

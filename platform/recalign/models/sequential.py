@@ -151,6 +151,11 @@ class SequentialModel(nn.Module, abc.ABC):
         """Rows of the item table: padding, the items, the extra tokens."""
         return self.n_items + 1 + self.extra_tokens
 
+    def bag_tables(self) -> dict[str, int]:
+        """Further tables ``{name: rows}`` the task puts beside the item table when it is
+        sharded (read in bags: :meth:`recalign.tables.IdTables.lookup_bags`)."""
+        return {}
+
     def use_tables(self, tables: nn.Module, lookup_size: Callable[[int], int]) -> None:
         """Read item rows from TorchRec ``tables`` (sharded or not) instead of ``items``;
         ``lookup_size(n)`` agrees on one lookup size over the ranks (a sharded lookup needs the

@@ -27,7 +27,6 @@ import torch.distributed as dist
 from torch import nn
 
 from recalign.tables.optim import TableOptimizerSpec, sharder_fused_params
-from recalign.tables.specs import TABLE_NAMES
 
 PlanKind = Literal["table-wise", "row-wise", "planner"]
 
@@ -56,11 +55,12 @@ def build_plan(ebc: nn.Module, kind: PlanKind, world_size: int, device_type: str
         if pg is not None:
             return planner.collective_plan(holder, [sharder], pg)
         return planner.plan(holder, [sharder])
+    names = [c.name for c in ebc.embedding_bag_configs()]
     if kind == "row-wise":
-        per_table = {t: row_wise(compute_kernel="fused") for t in TABLE_NAMES}
+        per_table = {t: row_wise(compute_kernel="fused") for t in names}
     elif kind == "table-wise":
         per_table = {t: table_wise(rank=i % world_size, compute_kernel="fused")
-                     for i, t in enumerate(TABLE_NAMES)}
+                     for i, t in enumerate(names)}
     else:
         raise ValueError(f"unknown sharding plan {kind!r}; known: table-wise, row-wise, planner")
     module_plan = construct_module_sharding_plan(ebc, per_table, sharder=sharder,
@@ -92,9 +92,10 @@ def shard_model(model: nn.Module, tables_path: str, kind: PlanKind,
 
 
 def _table_of(key: str) -> str | None:
-    for t in TABLE_NAMES:
-        if key.endswith(f".{t}.weight"):
-            return t
+    """``...embedding_bags.<table>.weight`` -> ``<table>`` (any other state key: None)."""
+    parts = key.split(".")
+    if len(parts) >= 3 and parts[-1] == "weight" and parts[-3] == "embedding_bags":
+        return parts[-2]
     return None
 
 

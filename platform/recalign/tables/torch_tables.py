@@ -78,6 +78,10 @@ class TorchIdTables(nn.Module):
         """Current (user, item) weight tensors, detached (they share storage with the tables)."""
         return (self.embeddings[USER].weight.detach(), self.embeddings[ITEM].weight.detach())
 
+    def named_weights(self) -> dict[str, torch.Tensor]:
+        """Every table's weight, detached, by table name."""
+        return {name: e.weight.detach() for name, e in self.embeddings.items()}
+
     # ------------------------------------------------------------------ lookups
     def lookup(self, user_ids: torch.Tensor, item_ids: torch.Tensor,
                batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -164,7 +164,7 @@ class NextItemTask(Task):
         if d.distributed:
             from recalign.tables.sharding import shard_model
 
-            tables = IdTables(1, model.table_rows, p.dim, device="meta",
+            tables = IdTables(1, model.table_rows, p.dim, device="meta", bags=model.bag_tables(),
                               optimizer=tspec.model_copy(update={"kernel": "dense"}))
             bounds = table_bounds(tables)
             model.use_tables(tables, d.max_int)
@@ -173,7 +173,7 @@ class NextItemTask(Task):
             init_shards(self.dmp, bounds, t.seed)
             self.model = self.dmp.module
             return self.dmp.fused_optimizer, {id(q) for q in self.model.tables.ebc.parameters()}
-        tables = IdTables(1, model.table_rows, p.dim, device=d.device,
+        tables = IdTables(1, model.table_rows, p.dim, device=d.device, bags=model.bag_tables(),
                           optimizer=tspec.model_copy(update={"kernel": "fused"}))
         init_full(tables, t.seed)
         model.use_tables(tables, lambda n: n)

@@ -415,12 +415,12 @@ def init_full(tables: Any, seed: int, warm: Any = None) -> None:
     warm-start rows."""
     from recalign.tables.seeded_init import fill_rows, uniform_rows
 
-    u, i = tables.weights()  # views of the live tables
-    fill_rows([("user", 0, 0, u), ("item", 0, 0, i)], uniform_rows(table_bounds(tables), seed))
+    w = tables.named_weights()  # views of the live tables
+    fill_rows([(t, 0, 0, x) for t, x in w.items()], uniform_rows(table_bounds(tables), seed))
     if warm is not None:
         from recalign.train.warm_start import apply_rows
 
-        apply_rows({"user": u, "item": i}, warm)
+        apply_rows({"user": w["user"], "item": w["item"]}, warm)
 
 
 @torch.no_grad()

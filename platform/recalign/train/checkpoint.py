@@ -108,6 +108,18 @@ class FolderCheckpoints:
             if stale != name:
                 fs.rm(f"{base}/{stale}", recursive=True)
 
+    def latest(self) -> tuple[int, str] | None:
+        """(epoch, folder) of the checkpoint ``LATEST`` names (it is written last, so it only
+        ever names a complete one), or None."""
+        fs, base = fsspec_filesystem(self.base)
+        try:
+            with fs.open(f"{base}/LATEST", "r") as fh:
+                name = fh.read().strip()
+        except FileNotFoundError:
+            return None
+        e = _epoch_of(name, "epoch-")
+        return None if e is None else (e, f"{base}/{name}")
+
 
 def _epoch_of(name: str, prefix: str) -> int | None:
     tail = name[len(prefix):] if name.startswith(prefix) else ""
@@ -135,15 +147,8 @@ def latest_checkpoint(run_dir: str) -> str | None:
     None if there is none. So ``train.resume`` continues a run whether it ran in process or
     on Ray Train workers before, on any number of workers."""
     fs, base = fsspec_filesystem(run_dir)
-    found: list[tuple[int, str]] = []
-    try:
-        with fs.open(f"{base}/checkpoints/LATEST", "r") as fh:  # its own pointer, written last
-            name = fh.read().strip()
-        e = _epoch_of(name, "epoch-")
-        if e is not None:
-            found.append((e, f"{base}/checkpoints/{name}"))
-    except FileNotFoundError:
-        pass
+    own = FolderCheckpoints(run_dir).latest()
+    found: list[tuple[int, str]] = [own] if own else []
     if fs.exists(base):
         for p in fs.ls(base, detail=False):
             e = _epoch_of(p.rstrip("/").rsplit("/", 1)[-1], "checkpoint_epoch-")

@@ -168,7 +168,6 @@ def test_losses_match_a_per_document_brute_force(tmp_path: Path, lm: str, kind: 
                      finetune_target=target)
     tr = make_trainer(cfg, load_dataset(cfg.data))
     task = tr.task
-    task._drawn = 1
     batch = next(iter(task._kind_batches(kind, 11)))
     assert len(batch) == 4 and batch.mask.sum(1).unique().numel() > 1  # padding is exercised
     got = task.loss(batch)
@@ -249,13 +248,11 @@ def test_sampled_softmax_is_the_logq_corrected_loss_over_shared_negatives(
     cfg = cfg_of(folder, lm, warmup_epochs=0, loss="sampled", negatives=7)
     tr = make_trainer(cfg, load_dataset(cfg.data))
     task, m = tr.task, tr.task.model
-    task._drawn = 1
     batch = next(iter(task._kind_batches("collab", 3)))
     h = m.hidden(batch.ids, batch.mask, "collab").reshape(-1, m.dim)[batch.pos]
-    state = task.neg_gen.get_state()
-    got = task._item_ce(h, batch.targets)
-    task.neg_gen.set_state(state)
-    neg = task.sampler.sample(7, task.neg_gen) - 1  # item ids
+    drawn = task.sampler.sample(7, task.neg_gen)  # model ids
+    got = task._item_ce(h, batch.targets, drawn)
+    neg = drawn - 1  # item ids
     items = m.collab.all_rows()[1]
     logq = -np.log(m.n_items)
     want = 0.0
@@ -278,7 +275,6 @@ def test_only_the_trained_side_learns_and_the_lm_stays_frozen(tmp_path: Path, lm
     # the optimizer holds the 4 tables and nothing else
     rows = task.data.n_users + task.data.n_items
     assert sum(q.numel() for q in tr.optim.params) == 2 * rows * 32
-    task._drawn = 1
     for kind, trained, frozen in (("collab", m.collab, m.content),
                                   ("content", m.content, m.collab)):
         tr.optim.zero_grad()

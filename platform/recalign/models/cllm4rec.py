@@ -141,13 +141,40 @@ class SideTables:
 
     Every lookup is a collective when sharded: its KJT batch size is agreed over the ranks
     with ``size`` (``Dist.max_int``; identity in one process) before each call. Not an
-    ``nn.Module``: the rows are the collection's parameters, counted once."""
+    ``nn.Module``: the rows are the collection's parameters, counted once.
+
+    The fused optimizer updates the rows in the backward of each lookup, so a training step
+    that looked rows up several times (input tokens, the item head, the regulariser) would
+    update them several times — not one step on the summed gradient as the torch tables take.
+    :meth:`prefetch` looks up every row a step trains at once; later lookups of the step read
+    that result, so each row is updated once per step (one collective, too)."""
 
     def __init__(self, owner: "CLLM4Rec", side: int) -> None:
         self.owner, self.side = owner, side
+        self._step: tuple[torch.Tensor, ...] | None = None
+
+    def prefetch(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> None:
+        """Look up the step's rows (duplicates allowed) once; :meth:`lookup` reads them until
+        :meth:`end_step`."""
+        users, items = torch.unique(user_ids.long()), torch.unique(item_ids.long())
+        self._step = None
+        self._step = (users, items, *self.lookup(users, items))
+
+    def end_step(self) -> None:
+        self._step = None
+
+    @staticmethod
+    def _at(have: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        pos = torch.searchsorted(have, ids.long()).clamp(max=max(have.numel() - 1, 0))
+        if ids.numel() and (have.numel() == 0 or not torch.equal(have[pos], ids.long())):
+            raise RuntimeError("a lookup asked for a row the step did not prefetch")
+        return pos
 
     def lookup(self, user_ids: torch.Tensor, item_ids: torch.Tensor,
                batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._step is not None:
+            users, items, urows, irows = self._step
+            return urows[self._at(users, user_ids)], irows[self._at(items, item_ids)]
         o = self.owner
         n = o.lookup_size(max(user_ids.numel(), item_ids.numel(), 1, batch_size or 0))
         return o.tables.lookup(2 * user_ids.long() + self.side,

@@ -336,8 +336,41 @@ class LMTask(Task):
         or the mean over its users of the multinomial NLL (rec), + lam × the mutual
         regulariser per document; each rank's share scaled so the ranks' gradient average is
         the global batch's."""
-        m, d = self.model, self.d
+        m = self.model
         side = "content" if batch.kind == "content" else "collab"
+        neg = None
+        if self.sampler is not None and batch.kind == "collab":
+            neg = self.sampler.sample(self.p.negatives, self.neg_gen).to(batch.ids.device)
+        if not m.sharded:
+            return self._loss(batch, side, neg)
+        tables = m.collab if side == "collab" else m.content
+        tables.prefetch(*self._trained_rows(batch, neg))
+        try:
+            return self._loss(batch, side, neg)
+        finally:
+            tables.end_step()
+
+    def _trained_rows(self, batch: LMBatch, neg: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user ids, item ids) of every row the step reads with gradient on its side: the
+        documents' tokens, the item head (every item, or the targets and negatives), the
+        regulariser's tokens."""
+        m, ids = self.model, batch.ids
+        V, U = m.vocab, m.n_users
+        users = [ids[(ids >= V) & (ids < V + U)] - V]
+        items = [ids[ids >= V + U] - V - U]
+        if batch.kind == "rec" or (batch.kind == "collab" and neg is None):
+            items.append(torch.arange(m.n_items, device=ids.device))
+        elif batch.kind == "collab":
+            items += [batch.targets, neg - 1]
+        if batch.reg_docs:
+            users.append(batch.reg_users)
+            items.append(batch.reg_items)
+        return torch.cat(users), torch.cat(items)
+
+    def _loss(self, batch: LMBatch, side: str, neg: torch.Tensor | None
+              ) -> dict[str, torch.Tensor]:
+        m, d = self.model, self.d
         h = m.hidden(batch.ids, batch.mask, side)
         n_tok = int(batch.mask.sum())
         counts = torch.tensor([float(batch.targets.numel()), float(n_tok)], device=d.device)
@@ -355,7 +388,7 @@ class LMTask(Task):
             if batch.kind == "content":
                 main = m.token_ce(m.word_logits(hp), batch.targets)
             else:
-                main = self._item_ce(hp, batch.targets)
+                main = self._item_ce(hp, batch.targets, neg)
             denom = float(counts[0].item())
             key = f"{batch.kind}_ce"
         scale = d.world / denom if denom else 0.0
@@ -373,15 +406,16 @@ class LMTask(Task):
         out["loss"] = loss
         return out
 
-    def _item_ce(self, hp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _item_ce(self, hp: torch.Tensor, targets: torch.Tensor,
+                 neg: torch.Tensor | None) -> torch.Tensor:
+        """Item-token cross-entropy; ``neg``: the sampled softmax's negatives (model ids)."""
         m = self.model
-        if targets.numel() == 0 and not m.sharded:  # sharded: the item lookup is a collective
+        if targets.numel() == 0:
             return hp.sum() * 0.0
-        if self.sampler is None:
+        if neg is None:
             return m.token_ce(m.item_logits(hp), targets)
         from recalign.models.item_softmax import sampled_softmax_loss
 
-        neg = self.sampler.sample(self.p.negatives, self.neg_gen).to(hp.device)  # model ids
         _, rows = m.collab.lookup(torch.zeros(0, dtype=torch.int64, device=hp.device),
                                   torch.cat([targets, neg - 1]))
         n = targets.numel()

@@ -190,40 +190,24 @@ class LMTask(Task):
 
     def _use_tables(self) -> None:
         """``tables: sharded``: both sides of the user and item rows in one TorchRec
-        collection with a fused optimizer — row-wise sharded over the ranks (built on the meta
-        device, each rank filling only its rows from the world-size independent seeded
-        N(0, init_std²)), or one unsharded collection in one process (the same rows and
-        optimizer, so 1 and N ranks agree)."""
+        collection with a fused optimizer, row-wise sharded over the ranks or unsharded in one
+        process (:func:`place_fused_tables`: 1 and N ranks agree), from the world-size
+        independent seeded N(0, init_std²)."""
         from recalign.models.cllm4rec import seeded_normal_rows
         from recalign.tables import IdTables
         from recalign.tables.optim import fused_spec
-        from recalign.tables.seeded_init import fill_rows
+        from recalign.train.fused_tables import place_fused_tables
 
         d, p, m, seed = self.d, self.p, self.model, self.cfg.train.seed
-        tspec = fused_spec(p.table_optimizer, d.device, "tables: sharded")
         nu, ni = m.table_rows()
 
         def normal_rows(table: str, lo: int, hi: int, cols: tuple[int, int]) -> torch.Tensor:
             return seeded_normal_rows(table, lo, hi, m.dim, p.init_std, seed, cols=cols)
 
-        if d.distributed:
-            from recalign.tables.sharding import local_rows, shard_model
-
-            tables = IdTables(nu, ni, m.dim, device="meta",
-                              optimizer=tspec.model_copy(update={"kernel": "dense"}))
-            self.dmp = shard_model(tables, "ebc", "row-wise", tspec, pg=d.pg, device=d.device,
-                                   local_size=d.local_world)
-            fill_rows(local_rows(self.dmp), normal_rows)
-            m.use_sharded_tables(self.dmp.module, d.max_int)
-            self.fused_opt = self.dmp.fused_optimizer
-            return
-        tables = IdTables(nu, ni, m.dim, device=d.device,
-                          optimizer=tspec.model_copy(update={"kernel": "fused"}))
-        # tables.weights(): views of the live rows
-        fill_rows([(t, 0, 0, w) for t, w in zip(("user", "item"), tables.weights())],
-                  normal_rows)
-        m.use_sharded_tables(tables, lambda n: n)
-        self.fused_opt = tables.fused_optimizer()
+        self.dmp, self.fused_opt = place_fused_tables(
+            lambda device, spec: IdTables(nu, ni, m.dim, device=device, optimizer=spec),
+            fused_spec(p.table_optimizer, d.device, "tables: sharded"), d,
+            lambda tables: normal_rows, m.use_sharded_tables)
 
     def _load_init(self, run_dir: str) -> None:
         from recalign.train.checkpoint import BestWeights

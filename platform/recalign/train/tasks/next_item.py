@@ -150,34 +150,27 @@ class NextItemTask(Task):
         return Optimizers(dense, spec.model_copy(update={"kernel": "dense"}), fused_opt)
 
     def _use_tables(self) -> tuple[Any, set[int]]:
-        """``item_table: sharded``: the item rows in TorchRec tables with a fused optimizer —
-        row-wise sharded over the ranks (built on the meta device, each rank filling only its
-        rows from the world-size-independent seeded init), or one unsharded table in one
-        process (the same rows and optimizer, so 1 and N ranks agree)."""
+        """``item_table: sharded``: the item rows (and the model's :meth:`bag_tables`) in
+        TorchRec tables with a fused optimizer, row-wise sharded over the ranks or one
+        unsharded collection in one process (:func:`place_fused_tables`: 1 and N ranks
+        agree)."""
         from recalign.tables import IdTables
         from recalign.tables.optim import fused_spec
-        from recalign.train.tasks.pairwise import init_full, init_shards, table_bounds
+        from recalign.tables.seeded_init import uniform_rows
+        from recalign.train.fused_tables import place_fused_tables
+        from recalign.train.tasks.pairwise import table_bounds
 
-        d, t, p = self.d, self.cfg.train, self.p
-        tspec = fused_spec(p.table_optimizer, d.device, "item_table: sharded")
-        model = self.model
-        if d.distributed:
-            from recalign.tables.sharding import shard_model
-
-            tables = IdTables(1, model.table_rows, p.dim, device="meta", bags=model.bag_tables(),
-                              optimizer=tspec.model_copy(update={"kernel": "dense"}))
-            bounds = table_bounds(tables)
-            model.use_tables(tables, d.max_int)
-            self.dmp = shard_model(model, "tables.ebc", "row-wise", tspec, pg=d.pg,
-                                   device=d.device, local_size=d.local_world)
-            init_shards(self.dmp, bounds, t.seed)
+        d, p, model = self.d, self.p, self.model
+        bags = model.bag_tables()
+        self.dmp, opt = place_fused_tables(
+            lambda device, spec: IdTables(1, model.table_rows, p.dim, device=device, bags=bags,
+                                          optimizer=spec),
+            fused_spec(p.table_optimizer, d.device, "item_table: sharded"), d,
+            lambda tables: uniform_rows(table_bounds(tables), self.cfg.train.seed),
+            model.use_tables, root=model, path="tables.ebc")
+        if self.dmp is not None:
             self.model = self.dmp.module
-            return self.dmp.fused_optimizer, {id(q) for q in self.model.tables.ebc.parameters()}
-        tables = IdTables(1, model.table_rows, p.dim, device=d.device, bags=model.bag_tables(),
-                          optimizer=tspec.model_copy(update={"kernel": "fused"}))
-        init_full(tables, t.seed)
-        model.use_tables(tables, lambda n: n)
-        return tables.fused_optimizer(), tables.fused_parameter_ids()
+        return opt, {id(q) for q in self.model.tables.ebc.parameters()}
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.model]

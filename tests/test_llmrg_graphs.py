@@ -364,6 +364,80 @@ def test_kb_key_is_the_item_pair() -> None:
     assert KnowledgeBase("s").load(kb.table().to_pylist()) == 1
 
 
+def test_kb_nearest_pair_by_item_similarity() -> None:
+    """``kb_similarity``: a pair not stored takes the stored pair whose two items are both at
+    cosine >= s with its own (ranked by the smaller cosine), order of the pair kept, a pair
+    whose items' texts changed passed over."""
+    from recalign.llm.graphs import KBEntry
+
+    def unit(deg: float) -> list[float]:
+        return [np.cos(np.radians(deg)), np.sin(np.radians(deg)), 0.0]
+
+    # items 0-3 on a circle (0, 1 = one stored pair; 2 near 0, 3 near 1), 4 elsewhere,
+    # 5 = 1's twin direction for a second stored pair (5, 4)
+    v = np.array([unit(0), unit(90), unit(20), unit(105), [0, 0, 1.0], unit(90)])
+    kb = KnowledgeBase("s")
+    kb.add(0, 1, KBEntry("zero-one", ["x"], 60.0, 0, pair_text="t01"))
+    kb.add(5, 4, KBEntry("five-four", [], 70.0, 1, pair_text="t54"))
+    texts = {(0, 1): "t01", (5, 4): "t54"}
+    text_of = lambda a, b: texts[(a, b)]  # noqa: E731
+    e, sim, pair = kb.nearest(2, 3, v, 0.9, text_of)
+    assert e.reason == "zero-one" and pair == (0, 1)
+    assert sim == pytest.approx(min(np.cos(np.radians(20)), np.cos(np.radians(15))), abs=1e-6)
+    assert kb.nearest(2, 3, v, 0.95, text_of) is None  # cos 20° = .940 < .95
+    assert kb.nearest(3, 2, v, 0.5, text_of) is None   # direction matters
+    assert kb.nearest(1, 4, v, 0.9, text_of)[0].reason == "five-four"  # 1 is 5's twin
+    texts[(0, 1)] = "changed"
+    assert kb.nearest(2, 3, v, 0.9, text_of) is None
+    assert kb.similar_hits == 2
+
+
+@pytest.mark.slow
+def test_kb_similarity_serves_similar_pairs_and_only_those(tmp_path: Path, llm_engine: Any,
+                                                         st_engine: Any) -> None:
+    """Real model and embedder. Wave 0 learns A>B (kettles) and P>Q (chess); in wave 1 the
+    kettle pair C>D is served by A>B's link (its items' texts are both close to A's and B's),
+    the bicycle pair R>S by nothing (an LLM call) — exactly the steps a brute force over the
+    embedder's cosines predicts; with exact keys neither hits."""
+    names = {"A": "Red enamel tea kettle", "B": "Blue enamel tea kettle",
+             "C": "Green enamel tea kettle", "D": "Yellow enamel tea kettle",
+             "P": "Chess opening repertoire book", "Q": "Wooden chess board set",
+             "R": "Carbon road bicycle frame", "S": "Bicycle helmet with lights"}
+    case = {"u0": ["A", "B"], "u1": ["P", "Q"], "u2": ["C", "D"], "u3": ["R", "S"]}
+    root = tmp_path / "root"
+    ingest(write_sequences(tmp_path / "src", case, names), root)
+    ds, seqs = sequences(root)
+    item = dict(zip(names, ds.item_map.lookup(pa.array(list(names))).tolist()))
+    threshold = 0.8
+    s, gen = run_graphs(root, llm_engine, st_engine, llm=REAL_LLM, kb_similarity=threshold,
+                        **REAL_G)
+    kb = {(r["prev_item"], r["item"]): r for r in kb_table(root)}
+    assert {(item["A"], item["B"]), (item["P"], item["Q"])} <= set(kb)
+    # brute force: cosines of the catalogue texts the generator embeds
+    vec = gen.emb.items()
+    stored = [(item["A"], item["B"]), (item["P"], item["Q"])]
+
+    def best(a: str, b: str) -> tuple[float, tuple[int, int]]:
+        return max((min(float(vec[item[a]] @ vec[x]), float(vec[item[b]] @ vec[y])), (x, y))
+                   for x, y in stored)
+
+    (sim_cd, pair_cd), (sim_rs, _) = best("C", "D"), best("R", "S")
+    assert sim_cd >= threshold > sim_rs, (sim_cd, sim_rs)  # the case is what it claims
+    assert pair_cd == (item["A"], item["B"])
+    assert [w["kb_hits"] for w in s["waves"]] == [0, 1]
+    assert s["kb_similar_hits"] == s["kb_hits"] == 1 and s["kb_similarity"] == threshold
+    rows = {r["id"]: r for r in users_rows(root).values()}
+    uid = dict(zip(case, ds.user_map.lookup(pa.array(list(case))).tolist()))
+    assert rows[uid["u2"]]["kb_hits"] == 1 and rows[uid["u3"]]["kb_hits"] == 0
+    reasons = {lk[4] for lk in links_of(rows[uid["u2"]])}
+    assert text_key(kb[pair_cd]["reason"]) in reasons  # nodes hold text keys
+    # a served link is not learned again: C>D did not enter the KB, R>S (generated) did
+    assert (item["C"], item["D"]) not in kb
+    exact, _ = run_graphs(root, llm_engine, st_engine, llm=REAL_LLM, artifact="graphs-exact",
+                          **REAL_G)
+    assert exact["kb_hits"] == exact["kb_similar_hits"] == 0
+
+
 # --- steps, grounding --------------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -323,6 +323,12 @@ class LLMRGConfig(Section):
     tau: float = Field(30.0, ge=0.0, le=100.0, description="verification score (0-100) a chain "
                        "needs to enter the knowledge base; every chain is stored with its score")
     kb: bool = Field(True, description="reuse verified links keyed by (previous item, item)")
+    kb_similarity: float | None = Field(
+        None, gt=0.0, le=1.0, description="None: a stored link serves exactly its (previous "
+        "item, item) pair. A value s: a step whose pair is not stored also takes the link of "
+        "the stored pair most like it, if both items' text vectors have cosine >= s with that "
+        "pair's (the paper's 'relevant chain'): more calls saved, at the price of a reason "
+        "written for other, similar items")
     verify: bool = Field(True, description="self-verification of every chain (off: chains "
                          "keep a NaN score and none enters the knowledge base)")
     max_chains_in_prompt: int = Field(4, ge=0, description="most recent chains shown per step")

@@ -121,6 +121,7 @@ class GraphSettings:
     ground_threshold: float
     tau: float
     kb: bool
+    kb_similarity: float | None
     verify: bool
     max_chains: int
     reason_words: int
@@ -139,7 +140,8 @@ class GraphSettings:
     def from_config(cls, llm: Any, g: Any, *, domain: str, model: str,
                     embed_model: str) -> "GraphSettings":
         return cls(domain, model, embed_model, g.mode, g.max_len, g.divergent_k,
-                   g.ground_threshold, g.tau, g.kb, g.verify, g.max_chains_in_prompt,
+                   g.ground_threshold, g.tau, g.kb, g.kb_similarity, g.verify,
+                   g.max_chains_in_prompt,
                    g.reason_words, g.interest_words, g.title_words, g.title_tokens,
                    g.attribute_tokens, llm.seed, llm.max_attempts, llm.temperature, llm.top_p,
                    llm.repetition_penalty, llm.max_tokens)
@@ -152,6 +154,8 @@ class GraphSettings:
         """Everything but the input that changes a user's graph (its fingerprint)."""
         d = dict(self.__dict__)
         d.pop("max_attempts")
+        if d["kb_similarity"] is None:  # exact keys: the fingerprints of earlier versions
+            d.pop("kb_similarity")
         return {**d, "prompt_version": PROMPT_VERSION}
 
     def kb_settings(self) -> str:
@@ -231,7 +235,8 @@ class KnowledgeBase:
     def __init__(self, settings: str) -> None:
         self.settings = settings
         self.entries: dict[tuple[int, int], KBEntry] = {}
-        self.lookups = self.hits = 0
+        self.lookups = self.hits = self.similar_hits = 0
+        self._keys: np.ndarray | None = None  # the entries' keys as an array (nearest)
 
     def lookup(self, prev_item: int, item: int, pair_text: str = "") -> KBEntry | None:
         """The entry of the key, unless either item's text changed since it was made."""
@@ -241,6 +246,34 @@ class KnowledgeBase:
             e = None
         self.hits += e is not None
         return e
+
+    def nearest(self, prev_item: int, item: int, vectors: np.ndarray, threshold: float,
+                pair_text_of: Callable[[int, int], str]
+                ) -> tuple[KBEntry, float, tuple[int, int]] | None:
+        """The entry of the stored pair most like ``(prev_item, item)``, its similarity and the
+        pair:
+        the smaller of the two items' cosines with the pair's items (``vectors``: unit item
+        text vectors, row = item id), at least ``threshold``; a pair whose items' texts
+        changed since its entry was made (``pair_text_of``) is passed over. Brute force over
+        the entries, written here because no library keys a nearest-pair search this way."""
+        if not self.entries:
+            return None
+        if self._keys is None or len(self._keys) != len(self.entries):
+            self._keys = np.array(list(self.entries), dtype=np.int64).reshape(-1, 2)
+        keys = self._keys[(self._keys < len(vectors)).all(1)]
+        if not keys.size or max(prev_item, item) >= len(vectors):
+            return None
+        sim = np.minimum(vectors[keys[:, 0]] @ vectors[prev_item],
+                         vectors[keys[:, 1]] @ vectors[item])
+        for j in np.argsort(-sim, kind="stable"):
+            if sim[j] < threshold:
+                break
+            a, b = int(keys[j, 0]), int(keys[j, 1])
+            e = self.entries[(a, b)]
+            if e.pair_text == pair_text_of(a, b):
+                self.similar_hits += 1
+                return e, float(sim[j]), (a, b)
+        return None
 
     def add(self, prev_item: int, item: int, entry: KBEntry) -> bool:
         old = self.entries.get((prev_item, item))
@@ -462,6 +495,7 @@ class WaveStats:
     users: int
     steps: int = 0
     kb_hits: int = 0
+    kb_similar_hits: int = 0  # of kb_hits: served by a similar pair (kb_similarity)
     llm_calls: int = 0
     calls_saved: int = 0
     kb_added: int = 0
@@ -488,7 +522,8 @@ class GraphGenerator:
         #: set to a list to keep every prompt sent (tests check that nothing leaks into them)
         self.prompts: list[list[dict[str, str]]] | None = None
         self.totals: dict[str, Any] = {
-            "step_calls": 0, "verify_calls": 0, "kb_hits": 0, "steps": 0, "calls_saved": 0,
+            "step_calls": 0, "verify_calls": 0, "kb_hits": 0, "kb_similar_hits": 0, "steps": 0,
+            "calls_saved": 0,
             "chains": 0, "chains_verified": 0, "chains_below_tau": 0, "grounded": 0,
             "unmatched": 0, "repaired": 0, "dropped": 0, "retries": 0, "prompt_tokens": 0,
             "completion_tokens": 0, "fail_reasons": {}, "generation_s": 0.0}
@@ -599,6 +634,20 @@ class GraphGenerator:
             w.interests[p] = list(e.interests)
             w.interest_chain[p] = c
 
+    def _from_kb(self, a: int, b: int, stats: WaveStats) -> KBEntry | None:
+        """The KB's link for the step ``a -> b``: the pair's own, or with ``kb_similarity``
+        the most similar stored pair's."""
+        if not self.s.kb:
+            return None
+        e = self.kb.lookup(a, b, self.catalog.pair_text(a, b))
+        if e is None and self.s.kb_similarity is not None and self.emb is not None:
+            near = self.kb.nearest(a, b, self.emb.items(), self.s.kb_similarity,
+                                   self.catalog.pair_text)
+            if near is not None:
+                e = near[0]
+                stats.kb_similar_hits += 1
+        return e
+
     def walk_graph(self, walks: list[Walk], stats: WaveStats) -> None:
         for p in range(1, max(len(w.items) for w in walks)):
             todo: list[tuple[Walk, GenerationRequest]] = []
@@ -607,7 +656,7 @@ class GraphGenerator:
                     continue
                 stats.steps += 1
                 a, b = w.items[p - 1], w.items[p]
-                e = self.kb.lookup(a, b, self.catalog.pair_text(a, b)) if self.s.kb else None
+                e = self._from_kb(a, b, stats)
                 if e is not None:
                     self.apply_kb(w, p, e)
                     stats.kb_hits += 1
@@ -747,6 +796,7 @@ class GraphGenerator:
         stats.llm_calls = sum(w.llm_calls for w in walks)
         stats.calls_saved += stats.kb_hits
         self.totals["kb_hits"] += stats.kb_hits
+        self.totals["kb_similar_hits"] += stats.kb_similar_hits
         self.totals["steps"] += stats.steps
         self.totals["calls_saved"] += stats.calls_saved
         texts = sorted({t for w in walks for t in [lk.reason for lk in w.links]}
@@ -860,7 +910,8 @@ def generate_graphs(ds: Dataset, llm: Any, llmrg: Any, store: SnapshotStore,
             llm_calls += stats.llm_calls
             waves.append(stats.to_dict())
             log(f"graphs: wave {number}: {stats.users} users, {stats.steps} steps, "
-                f"{stats.kb_hits} KB hits ({stats.to_dict()['kb_hit_rate']}), "
+                f"{stats.kb_hits} KB hits ({stats.to_dict()['kb_hit_rate']}; "
+                f"{stats.kb_similar_hits} by a similar pair), "
                 f"{stats.llm_calls} LLM calls, {stats.calls_saved} saved, "
                 f"{stats.kb_added} KB entries added, {stats.seconds:.1f}s")
             if progress is not None:
@@ -874,6 +925,7 @@ def generate_graphs(ds: Dataset, llm: Any, llmrg: Any, store: SnapshotStore,
     accounting = {
         "llm_calls": llm_calls, "step_calls": t["step_calls"], "verify_calls": t["verify_calls"],
         "retries": t["retries"], "steps": t["steps"], "kb_hits": t["kb_hits"],
+        "kb_similar_hits": t["kb_similar_hits"], "kb_similarity": s.kb_similarity,
         "kb_hit_rate": round(t["kb_hits"] / t["steps"], 4) if t["steps"] else None,
         "calls_saved": t["calls_saved"], "kb_loaded": kb_loaded,
         "kb_size": len(kb.entries), "kb_added": len(set(kb.entries) - kb_loaded_keys),

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 USER = "user"
 ITEM = "item"
-TABLE_NAMES = (USER, ITEM)
 
 InitName = Literal["xavier_uniform", "torchrec_default"]
 

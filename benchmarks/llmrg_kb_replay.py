@@ -31,28 +31,22 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def walked(row: dict) -> list[int]:
-    """The user's walked items in step order."""
-    items = sorted((n["step"], n["item"]) for n in row["nodes"] if n["kind"] == "item")
-    return [i for _, i in items]
+def verified_links(row: dict, tau: float) -> list[tuple[int, int, str | None]]:
+    """(source item, destination item, reason key) of the links of chains scoring >= tau."""
+    from recalign.data.graph_schema import row_links
 
-
-def verified_links(row: dict, tau: float) -> list[tuple[int, int, str]]:
-    """(source item, destination item, reason) of the links of chains scoring >= tau."""
-    nodes, score = row["nodes"], {c["chain"]: c["score"] for c in row["chains"]}
-    into = {e["dst"]: e for e in row["edges"] if e["kind"] == "item_reason"}
+    score = {c["chain"]: c["score"] for c in row["chains"]}
     out = []
-    for e in row["edges"]:
-        sc = score.get(e["chain"], float("nan"))
-        if e["kind"] == "reason_item" and not math.isnan(sc) and sc >= tau:
-            src = into[e["src"]]
-            out.append((nodes[src["src"]]["item"], nodes[e["dst"]]["item"],
-                        nodes[e["src"]]["text"]))
+    for lk in row_links(row):
+        sc = score.get(lk.chain, float("nan"))
+        if not math.isnan(sc) and sc >= tau:
+            out.append((lk.src_item, lk.dst_item, lk.reason))
     return out
 
 
 def replay(rows: list[dict], vectors: np.ndarray, pair_text, threshold: float | None,
            wave_size: int, tau: float) -> dict:
+    from recalign.data.graph_schema import row_items
     from recalign.llm.graphs import KBEntry, KnowledgeBase
 
     kb = KnowledgeBase("replay")
@@ -61,7 +55,7 @@ def replay(rows: list[dict], vectors: np.ndarray, pair_text, threshold: float | 
     for w0 in range(0, len(rows), wave_size):
         learn: list[tuple[int, int, str, int]] = []
         for row in rows[w0:w0 + wave_size]:
-            items = walked(row)
+            items = row_items(row)
             served = set()
             for p in range(1, len(items)):
                 a, b = items[p - 1], items[p]
@@ -103,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from recalign.config import EmbedConfig, LLMConfig, LLMRGConfig
     from recalign.data.snapshot_io import read_dataset
     from recalign.llm.engine import build_embedding_engine
-    from recalign.llm.graphs import Catalog, GraphSettings, _unit
+    from recalign.llm.graphs import Catalog, GraphSettings, unit_rows
     from recalign.llm.prompts import TextBounder
     from recalign.storage.snapshot import SnapshotStore
 
@@ -121,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     engine = build_embedding_engine(EmbedConfig())
     try:
-        vectors = _unit(engine.embed([catalog.text(i) for i in range(ds.n_items)]))
+        vectors = unit_rows(engine.embed([catalog.text(i) for i in range(ds.n_items)]))
     finally:
         engine.close()
     embed_s = time.perf_counter() - t0

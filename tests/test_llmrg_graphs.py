@@ -27,7 +27,7 @@ import pytest
 
 from llm_fixtures import SharedEngine, small_llm
 from recalign.config import Config, EmbedConfig, LLMRGConfig
-from recalign.data.graph_schema import TEXTS_SCHEMA, USERS_SCHEMA, text_key
+from recalign.data.graph_schema import TEXTS_SCHEMA, USERS_SCHEMA, row_items, row_links, text_key
 from recalign.data.sequences import SequenceData
 from recalign.data.snapshot_io import ingest_to_snapshot, read_dataset
 from recalign.llm.engine import GenerationEngine, GenerationResult, build_embedding_engine
@@ -170,21 +170,6 @@ def kb_table(root: Path, artifact: str = "graphs") -> list[dict]:
     return snap.read_table("kb").to_pylist() if snap.tables.get("kb", {}).get("parts") else []
 
 
-def links_of(row: dict) -> list[tuple[int, int, int, int, str]]:
-    """(step, source item, destination item, chain, reason text key) of every stored link
-    ``item -> reason -> item``."""
-    nodes = row["nodes"]
-    into = {e["dst"]: e for e in row["edges"] if e["kind"] == "item_reason"}
-    out = []
-    for e in row["edges"]:
-        if e["kind"] == "reason_item":
-            src = into[e["src"]]
-            assert src["step"] == e["step"] and src["chain"] == e["chain"]
-            out.append((e["step"], nodes[src["src"]]["item"], nodes[e["dst"]]["item"], e["chain"],
-                        nodes[e["src"]]["text"]))
-    return out
-
-
 def check_kb(s: dict, rows: dict[int, dict], seqs: dict[int, list[int]], known: set,
              kb: dict[tuple[int, int], dict], *, max_len: int, tau: float) -> set:
     """Brute force of the knowledge base over the generated ``rows`` (user id -> row), wave by
@@ -208,7 +193,7 @@ def check_kb(s: dict, rows: dict[int, dict], seqs: dict[int, list[int]], known: 
         for u in ids:
             r, seq = rows[u], seqs[u]
             lo = max(0, len(seq) - max_len)
-            links = links_of(r)
+            links = row_links(r)
             user_hits = 0
             for p in range(lo + 1, len(seq)):
                 steps += 1
@@ -255,7 +240,7 @@ def check_kb(s: dict, rows: dict[int, dict], seqs: dict[int, list[int]], known: 
         r = rows[e["user"]]
         scores = {c["chain"]: c["score"] for c in r["chains"]}
         assert any((a, b) == key and scores[c] == pytest.approx(e["score"])
-                   for _, a, b, c, _ in links_of(r))
+                   for _, a, b, c, _ in row_links(r))
     return learned_all
 
 
@@ -330,7 +315,7 @@ def test_kb_hits_and_saved_calls_match_brute_force(tmp_path: Path, llm_engine: A
                         artifact="graphs-nokb", **{**REAL_G, "wave_size": 6})
     off_rows = users_rows(root, "graphs-nokb").values()
     linked = sum(1 for r in off_rows for c in r["chains"]
-                 if any(lk[3] == c["chain"] for lk in links_of(r)))
+                 if any(lk[3] == c["chain"] for lk in row_links(r)))
     assert (off["kb_hits"], off["calls_saved"], off["kb_size"]) == (0, 0, 0)
     assert (off["step_calls"], off["verify_calls"]) == (steps, linked)
     assert off["llm_calls"] == steps + linked + off["retries"] == llm_engine.requests_made - before
@@ -346,6 +331,30 @@ def test_kb_hits_and_saved_calls_match_brute_force(tmp_path: Path, llm_engine: A
     learned2 = check_kb(s2, rows2, seqs, set(kb), kb2, max_len=4, tau=1.0)
     assert set(kb2) == set(kb) | learned2 and s2["kb_size"] == len(kb2)
     assert s2["waves"][0]["kb_hits"] >= 6  # A>B of u0, u2, u4 and D>E of u1, u3, u5
+
+
+def test_row_links_and_items_of_a_hand_made_row() -> None:
+    from recalign.errors import DataError
+
+    # walk 7 (step 0) -> 9 (step 1) -> 4 (step 2); chain 0 explains 9 by 7, chain 1 explains 4
+    # by 9; a divergent node and edge that are not links
+    nodes = [{"kind": "item", "item": 9, "text": None, "step": 1},
+             {"kind": "item", "item": 7, "text": None, "step": 0},
+             {"kind": "reason", "item": -1, "text": "ha", "step": 1},
+             {"kind": "item", "item": 4, "text": None, "step": 2},
+             {"kind": "reason", "item": -1, "text": "hb", "step": 2},
+             {"kind": "divergent", "item": 5, "text": "hc", "step": 2}]
+    edges = [{"src": 1, "dst": 2, "kind": "item_reason", "step": 1, "chain": 0},
+             {"src": 2, "dst": 0, "kind": "reason_item", "step": 1, "chain": 0},
+             {"src": 3, "dst": 5, "kind": "divergent", "step": 2, "chain": 1},
+             {"src": 0, "dst": 4, "kind": "item_reason", "step": 2, "chain": 1},
+             {"src": 4, "dst": 3, "kind": "reason_item", "step": 2, "chain": 1}]
+    row = {"key": "u", "nodes": nodes, "edges": edges}
+    assert row_items(row) == [7, 9, 4]
+    assert row_links(row) == [(1, 7, 9, 0, "ha"), (2, 9, 4, 1, "hb")]
+    bad = {"key": "u", "nodes": nodes, "edges": [{**edges[0], "chain": 3}, edges[1]]}
+    with pytest.raises(DataError, match="user 'u'.*reason node 2.*step 1, chain 0"):
+        row_links(bad)
 
 
 def test_kb_key_is_the_item_pair() -> None:
@@ -429,7 +438,7 @@ def test_kb_similarity_serves_similar_pairs_and_only_those(tmp_path: Path, llm_e
     rows = {r["id"]: r for r in users_rows(root).values()}
     uid = dict(zip(case, ds.user_map.lookup(pa.array(list(case))).tolist()))
     assert rows[uid["u2"]]["kb_hits"] == 1 and rows[uid["u3"]]["kb_hits"] == 0
-    reasons = {lk[4] for lk in links_of(rows[uid["u2"]])}
+    reasons = {lk[4] for lk in row_links(rows[uid["u2"]])}
     assert text_key(kb[pair_cd]["reason"]) in reasons  # nodes hold text keys
     # a served link is not learned again: C>D did not enter the KB, R>S (generated) did
     assert (item["C"], item["D"]) not in kb
@@ -476,7 +485,7 @@ def test_steps_are_absolute_positions_without_look_ahead(tmp_path: Path, llm_eng
                 assert nodes[e["src"]]["item"] == seq[e["step"]]
                 assert nodes[e["dst"]]["kind"] == "divergent"
                 assert nodes[e["dst"]]["step"] == e["step"]
-        links = links_of(r)
+        links = row_links(r)
         for step, a, b, chain, _ in links:
             assert b == seq[step]                 # the step's own item, never a later one
             assert a in seq[lo:step]              # explained by an earlier position

@@ -32,6 +32,7 @@ from recalign.align.base import Alignment, register_alignment
 from recalign.align.precision import Bf16, autocast, resolve_bf16
 from recalign.align.row_logsumexp import row_logsumexp_sum
 from recalign.align.semantic import SemanticVectors
+from recalign.models.contrastive import unit_rows
 
 
 class ConParams(BaseModel):
@@ -59,10 +60,6 @@ def projection_mlp(d_in: int, d_out: int, hidden: int | None = None) -> nn.Seque
     return mlp
 
 
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x / torch.sqrt(1e-8 + x.square().sum(-1, keepdim=True))
-
-
 def infonce_sum(e: torch.Tensor, pos: torch.Tensor, cands: torch.Tensor, tau: float,
                 row_weight: torch.Tensor | None = None,
                 cand_count: torch.Tensor | None = None) -> torch.Tensor:
@@ -73,7 +70,7 @@ def infonce_sum(e: torch.Tensor, pos: torch.Tensor, cands: torch.Tensor, tau: fl
     same value and gradients (a repeated candidate adds ``log count`` inside the sum)."""
     if e.shape[0] == 0:
         return e.new_zeros(())
-    ne, np_, nc = _unit(e), _unit(pos), _unit(cands)
+    ne, np_, nc = unit_rows(e), unit_rows(pos), unit_rows(cands)
     nume = -(ne * np_).sum(-1) / tau
     if row_weight is not None:
         nume = nume * row_weight.to(nume.dtype)

@@ -29,8 +29,12 @@ not), not a second generation.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import pyarrow as pa
+
+from recalign.errors import DataError
 
 ARTIFACT = "graphs"
 PROMPT_VERSION = "llmrg-1"
@@ -92,5 +96,42 @@ def text_key(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
+class Link(NamedTuple):
+    """One chain link ``item -> reason -> item`` of a stored graph: it explains the step to
+    position ``step``; ``reason`` is the reason node's text key."""
+
+    step: int
+    src_item: int
+    dst_item: int
+    chain: int
+    reason: str | None
+
+
+def row_links(row: Mapping[str, Any]) -> list[Link]:
+    """The chain links of one ``users`` row (a dict, as ``Table.to_pylist`` gives it), in edge
+    order. A ``reason_item`` edge whose reason has no ``item_reason`` edge of the same step and
+    chain is a malformed row: :class:`DataError` naming the user."""
+    nodes = row["nodes"]
+    into = {e["dst"]: e for e in row["edges"] if e["kind"] == "item_reason"}
+    out = []
+    for e in row["edges"]:
+        if e["kind"] != "reason_item":
+            continue
+        src = into.get(e["src"])
+        if src is None or (src["step"], src["chain"]) != (e["step"], e["chain"]):
+            raise DataError(f"graphs row of user {row.get('key')!r}: reason node {e['src']} "
+                            f"has no item_reason edge of step {e['step']}, chain {e['chain']}")
+        out.append(Link(e["step"], nodes[src["src"]]["item"], nodes[e["dst"]]["item"],
+                        e["chain"], nodes[e["src"]]["text"]))
+    return out
+
+
+def row_items(row: Mapping[str, Any]) -> list[int]:
+    """The row's walked items (its item nodes) in step order."""
+    return [i for _, i in sorted((n["step"], n["item"]) for n in row["nodes"]
+                                 if n["kind"] == ITEM)]
+
+
 __all__ = ["ARTIFACT", "CHAIN", "DIRECT", "DIVERGENT", "EDGE", "EDGE_KINDS", "ITEM", "NODE",
-           "NODE_KINDS", "PROMPT_VERSION", "REASON", "TEXTS_SCHEMA", "USERS_SCHEMA", "text_key"]
+           "NODE_KINDS", "PROMPT_VERSION", "REASON", "TEXTS_SCHEMA", "USERS_SCHEMA", "Link",
+           "row_items", "row_links", "text_key"]

@@ -417,7 +417,8 @@ def previous(store: SnapshotStore, dataset: str, artifact: str) -> Previous:
 
 # --- embeddings: texts, grounding, scores ------------------------------------------------------
 
-def _unit(m: np.ndarray) -> np.ndarray:
+def unit_rows(m: np.ndarray) -> np.ndarray:
+    """float32 rows scaled to unit length (zero rows stay zero)."""
     m = np.asarray(m, dtype=np.float32)
     return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
 
@@ -454,7 +455,7 @@ class Embeddings:
         """Unit vectors of every catalogue item's text (row = item id)."""
         if self._items is None:
             texts = [self.catalog.text(i) for i in range(self.n_items)]
-            parts = [_unit(self._engine().embed(p)) for p in chunked(texts, 4096)]
+            parts = [unit_rows(self._engine().embed(p)) for p in chunked(texts, 4096)]
             self._items = np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
         return self._items
 
@@ -471,7 +472,7 @@ def ground(vectors: np.ndarray, items: np.ndarray, threshold: float,
     sim = np.full(n, -np.inf, np.float32)
     if n == 0 or len(items) == 0:
         return best, sim
-    q = _unit(vectors)
+    q = unit_rows(vectors)
     for start in range(0, len(items), chunk):
         s = q @ items[start:start + chunk].T
         arg = s.argmax(axis=1)
@@ -484,7 +485,7 @@ def ground(vectors: np.ndarray, items: np.ndarray, threshold: float,
 
 def verification_score(answer: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """100 * max(0, cosine) per row."""
-    return 100.0 * np.maximum(0.0, np.sum(_unit(answer) * _unit(truth), axis=1))
+    return 100.0 * np.maximum(0.0, np.sum(unit_rows(answer) * unit_rows(truth), axis=1))
 
 
 # --- the generator -----------------------------------------------------------------------------
@@ -956,4 +957,4 @@ def generate_graphs(ds: Dataset, llm: Any, llmrg: Any, store: SnapshotStore,
 
 __all__ = ["ARTIFACT", "Catalog", "GraphGenerator", "GraphSettings",
            "KB_SCHEMA", "KBEntry", "KnowledgeBase", "Walk", "generate_graphs", "ground",
-           "select_users", "training_sequences", "verification_score"]
+           "select_users", "training_sequences", "unit_rows", "verification_score"]

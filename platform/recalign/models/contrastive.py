@@ -143,7 +143,8 @@ def unique_counts(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return uniq, counts
 
 
-def _unit(x: torch.Tensor) -> torch.Tensor:
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit length (eps 1e-8 inside the root, as the reference code)."""
     return x / torch.sqrt(1e-8 + x.square().sum(-1, keepdim=True))
 
 
@@ -152,7 +153,7 @@ def info_nce(anchor: torch.Tensor, positive: torch.Tensor, candidates: torch.Ten
     """Σ_b w_b [ -cos(a_b, p_b)/τ + log Σ_c exp(cos(a_b, c)/τ) ] over rows b (a sum, not a mean).
 
     ``weights`` (default 1) let a caller pass each distinct row once with its multiplicity."""
-    a, p, c = _unit(anchor), _unit(positive), _unit(candidates)
+    a, p, c = unit_rows(anchor), unit_rows(positive), unit_rows(candidates)
     a = a / temperature  # scale the B rows, not the B x N score matrix
     pos = (a * p).sum(-1)
     pos = pos.sum() if weights is None else (weights.to(pos.dtype) * pos).sum()
@@ -169,7 +170,7 @@ def log_sum_exp_contrast(rows: torch.Tensor, candidates: torch.Tensor,
 
 
 __all__ = ["bpr_loss", "info_nce", "l2_sum", "log_sum_exp_contrast", "row_logsumexp_mm",
-           "unique_counts", "weighted_row_lse"]
+           "unique_counts", "unit_rows", "weighted_row_lse"]
 
 
 def pick_rows(users_all: torch.Tensor, items_all: torch.Tensor, users: torch.Tensor,
@@ -226,7 +227,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 1.0,
     ``cos``."""
     z = torch.cat([z1, z2])
     if similarity == "cos":
-        z = _unit(z)
+        z = unit_rows(z)
     elif similarity != "dot":
         raise ValueError(f"similarity {similarity!r}: expected dot or cos")
     logits = (z @ z.T) / temperature

@@ -401,6 +401,43 @@ def test_kb_nearest_pair_by_item_similarity() -> None:
     assert kb.similar_hits == 2
 
 
+def test_kb_nearest_many_equals_a_brute_force_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One batched search per walk step = a pair-by-pair brute force: random item vectors in
+    a few clusters (so that thresholds bite), stored pairs with some changed texts and an item
+    outside the vectors, queries in chunks of 7 rows."""
+    from recalign.llm.graphs import KBEntry
+
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(4, 8))
+    v = centres[rng.integers(0, 4, 60)] + 0.35 * rng.normal(size=(60, 8))
+    v = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+    kb = KnowledgeBase("s")
+    stored = {(int(a), int(b)) for a, b in rng.integers(0, 60, (40, 2))} | {(3, 60)}
+    changed = set(list(sorted(stored))[::5])
+    for a, b in sorted(stored):
+        kb.add(a, b, KBEntry(f"{a}>{b}", [], 50.0, 0, pair_text=f"{a},{b}"))
+    text_of = lambda a, b: f"{a},{b}!" if (a, b) in changed else f"{a},{b}"  # noqa: E731
+    queries = [(int(a), int(b)) for a, b in rng.integers(0, 60, (50, 2))] + [(60, 1)]
+    monkeypatch.setattr(KnowledgeBase, "NEAREST_CELLS", 7 * len(stored))
+    got = kb.nearest_many(queries, v, 0.75, text_of)
+    for (a, b), g in zip(queries, got):
+        best = None
+        for sa, sb in sorted(stored):
+            if max(a, b, sa, sb) >= len(v) or (sa, sb) in changed:
+                continue
+            s = min(float(v[a] @ v[sa]), float(v[b] @ v[sb]))
+            if s >= 0.75 and (best is None or s > best[0] + 1e-6):
+                best = (s, (sa, sb))
+        if best is None:
+            assert g is None, (a, b)
+        else:
+            assert g is not None and g[1] == pytest.approx(best[0], abs=1e-5), (a, b)
+            assert min(float(v[a] @ v[g[2][0]]), float(v[b] @ v[g[2][1]])) == \
+                pytest.approx(best[0], abs=1e-5) and g[0].reason == f"{g[2][0]}>{g[2][1]}"
+    n_hits = sum(g is not None for g in got)
+    assert 5 <= n_hits < len(queries) and kb.similar_hits == n_hits
+
+
 @pytest.mark.slow
 def test_kb_similarity_serves_similar_pairs_and_only_those(tmp_path: Path, llm_engine: Any,
                                                          st_engine: Any) -> None:

@@ -250,30 +250,48 @@ class KnowledgeBase:
     def nearest(self, prev_item: int, item: int, vectors: np.ndarray, threshold: float,
                 pair_text_of: Callable[[int, int], str]
                 ) -> tuple[KBEntry, float, tuple[int, int]] | None:
-        """The entry of the stored pair most like ``(prev_item, item)``, its similarity and the
-        pair:
-        the smaller of the two items' cosines with the pair's items (``vectors``: unit item
-        text vectors, row = item id), at least ``threshold``; a pair whose items' texts
-        changed since its entry was made (``pair_text_of``) is passed over. Brute force over
-        the entries, written here because no library keys a nearest-pair search this way."""
-        if not self.entries:
-            return None
+        """:meth:`nearest_many` for one pair."""
+        return self.nearest_many([(prev_item, item)], vectors, threshold, pair_text_of)[0]
+
+    #: query pairs x entries scored at once (float32 cells): bounds the similarity matrix
+    NEAREST_CELLS = 1 << 24
+
+    def nearest_many(self, pairs: list[tuple[int, int]], vectors: np.ndarray, threshold: float,
+                     pair_text_of: Callable[[int, int], str]
+                     ) -> list[tuple[KBEntry, float, tuple[int, int]] | None]:
+        """Per query pair ``(a, b)``: the entry of the stored pair ``(a', b')`` most like it,
+        the similarity and the stored pair, or None. Similarity: ``min(cos(a, a'), cos(b,
+        b'))`` (``vectors``: unit item text vectors, row = item id), at least ``threshold``; a
+        stored pair whose items' texts changed since its entry was made (``pair_text_of``) is
+        passed over. All queries of a walk step go in one call: two matrix products per chunk
+        of queries against every entry — exact, written here because no library (FAISS
+        included) searches by the smaller of two cosines; a catalogue-scale KB would put an
+        approximate index in front of this."""
+        out: list[tuple[KBEntry, float, tuple[int, int]] | None] = [None] * len(pairs)
+        if not self.entries or not pairs:
+            return out
         if self._keys is None or len(self._keys) != len(self.entries):
             self._keys = np.array(list(self.entries), dtype=np.int64).reshape(-1, 2)
         keys = self._keys[(self._keys < len(vectors)).all(1)]
-        if not keys.size or max(prev_item, item) >= len(vectors):
-            return None
-        sim = np.minimum(vectors[keys[:, 0]] @ vectors[prev_item],
-                         vectors[keys[:, 1]] @ vectors[item])
-        for j in np.argsort(-sim, kind="stable"):
-            if sim[j] < threshold:
-                break
-            a, b = int(keys[j, 0]), int(keys[j, 1])
-            e = self.entries[(a, b)]
-            if e.pair_text == pair_text_of(a, b):
-                self.similar_hits += 1
-                return e, float(sim[j]), (a, b)
-        return None
+        q = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+        ok = np.flatnonzero((q < len(vectors)).all(1))
+        if not keys.size or not ok.size:
+            return out
+        left, right = vectors[keys[:, 0]].T, vectors[keys[:, 1]].T
+        step = max(1, self.NEAREST_CELLS // len(keys))
+        for c0 in range(0, len(ok), step):
+            rows = ok[c0:c0 + step]
+            sim = np.minimum(vectors[q[rows, 0]] @ left, vectors[q[rows, 1]] @ right)
+            for r, s_row in zip(rows, sim):
+                cand = np.flatnonzero(s_row >= threshold)
+                for j in cand[np.argsort(-s_row[cand], kind="stable")]:
+                    a, b = int(keys[j, 0]), int(keys[j, 1])
+                    e = self.entries[(a, b)]
+                    if e.pair_text == pair_text_of(a, b):
+                        self.similar_hits += 1
+                        out[r] = (e, float(s_row[j]), (a, b))
+                        break
+        return out
 
     def add(self, prev_item: int, item: int, entry: KBEntry) -> bool:
         old = self.entries.get((prev_item, item))
@@ -635,29 +653,30 @@ class GraphGenerator:
             w.interests[p] = list(e.interests)
             w.interest_chain[p] = c
 
-    def _from_kb(self, a: int, b: int, stats: WaveStats) -> KBEntry | None:
-        """The KB's link for the step ``a -> b``: the pair's own, or with ``kb_similarity``
-        the most similar stored pair's."""
+    def _from_kb(self, pairs: list[tuple[int, int]], stats: WaveStats
+                 ) -> list[KBEntry | None]:
+        """The KB's links for the steps ``a -> b`` of ``pairs``: each pair's own, or with
+        ``kb_similarity`` the most similar stored pair's (one search for the misses)."""
         if not self.s.kb:
-            return None
-        e = self.kb.lookup(a, b, self.catalog.pair_text(a, b))
-        if e is None and self.s.kb_similarity is not None and self.emb is not None:
-            near = self.kb.nearest(a, b, self.emb.items(), self.s.kb_similarity,
-                                   self.catalog.pair_text)
-            if near is not None:
-                e = near[0]
-                stats.kb_similar_hits += 1
-        return e
+            return [None] * len(pairs)
+        found = [self.kb.lookup(a, b, self.catalog.pair_text(a, b)) for a, b in pairs]
+        miss = [i for i, e in enumerate(found) if e is None]
+        if miss and self.s.kb_similarity is not None and self.emb is not None:
+            near = self.kb.nearest_many([pairs[i] for i in miss], self.emb.items(),
+                                        self.s.kb_similarity, self.catalog.pair_text)
+            for i, n in zip(miss, near):
+                if n is not None:
+                    found[i] = n[0]
+                    stats.kb_similar_hits += 1
+        return found
 
     def walk_graph(self, walks: list[Walk], stats: WaveStats) -> None:
         for p in range(1, max(len(w.items) for w in walks)):
             todo: list[tuple[Walk, GenerationRequest]] = []
-            for w in walks:
-                if p >= len(w.items):
-                    continue
-                stats.steps += 1
-                a, b = w.items[p - 1], w.items[p]
-                e = self._from_kb(a, b, stats)
+            live = [w for w in walks if p < len(w.items)]
+            stats.steps += len(live)
+            entries = self._from_kb([(w.items[p - 1], w.items[p]) for w in live], stats)
+            for w, e in zip(live, entries):
                 if e is not None:
                     self.apply_kb(w, p, e)
                     stats.kb_hits += 1

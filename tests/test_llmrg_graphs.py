@@ -401,10 +401,38 @@ def test_kb_nearest_pair_by_item_similarity() -> None:
     assert kb.similar_hits == 2
 
 
+def _nearest_brute_force(queries: list[tuple[int, int]], stored: set[tuple[int, int]],
+                         changed: set[tuple[int, int]], v: np.ndarray, threshold: float
+                         ) -> list[tuple[float, tuple[int, int]] | None]:
+    out = []
+    for a, b in queries:
+        best = None
+        for sa, sb in sorted(stored):
+            if max(a, b, sa, sb) >= len(v) or (sa, sb) in changed:
+                continue
+            s = min(float(v[a] @ v[sa]), float(v[b] @ v[sb]))
+            if s >= threshold and (best is None or s > best[0] + 1e-6):
+                best = (s, (sa, sb))
+        out.append(best)
+    return out
+
+
+def _assert_nearest_matches(got: list, want: list, queries: list, v: np.ndarray) -> int:
+    for (a, b), g, best in zip(queries, got, want):
+        if best is None:
+            assert g is None, (a, b)
+        else:
+            assert g is not None and g[1] == pytest.approx(best[0], abs=1e-5), (a, b)
+            assert min(float(v[a] @ v[g[2][0]]), float(v[b] @ v[g[2][1]])) == \
+                pytest.approx(best[0], abs=1e-5) and g[0].reason == f"{g[2][0]}>{g[2][1]}"
+    return sum(g is not None for g in got)
+
+
 def test_kb_nearest_many_equals_a_brute_force_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """One batched search per walk step = a pair-by-pair brute force: random item vectors in
     a few clusters (so that thresholds bite), stored pairs with some changed texts and an item
-    outside the vectors, queries in chunks of 7 rows."""
+    outside the vectors, queries in chunks of 7 rows. Then, with the gathered entry vectors
+    cached between calls: entries added, and another vector matrix, still = the brute force."""
     from recalign.llm.graphs import KBEntry
 
     rng = np.random.default_rng(5)
@@ -420,22 +448,23 @@ def test_kb_nearest_many_equals_a_brute_force_in_chunks(monkeypatch: pytest.Monk
     queries = [(int(a), int(b)) for a, b in rng.integers(0, 60, (50, 2))] + [(60, 1)]
     monkeypatch.setattr(KnowledgeBase, "NEAREST_CELLS", 7 * len(stored))
     got = kb.nearest_many(queries, v, 0.75, text_of)
-    for (a, b), g in zip(queries, got):
-        best = None
-        for sa, sb in sorted(stored):
-            if max(a, b, sa, sb) >= len(v) or (sa, sb) in changed:
-                continue
-            s = min(float(v[a] @ v[sa]), float(v[b] @ v[sb]))
-            if s >= 0.75 and (best is None or s > best[0] + 1e-6):
-                best = (s, (sa, sb))
-        if best is None:
-            assert g is None, (a, b)
-        else:
-            assert g is not None and g[1] == pytest.approx(best[0], abs=1e-5), (a, b)
-            assert min(float(v[a] @ v[g[2][0]]), float(v[b] @ v[g[2][1]])) == \
-                pytest.approx(best[0], abs=1e-5) and g[0].reason == f"{g[2][0]}>{g[2][1]}"
-    n_hits = sum(g is not None for g in got)
+    n_hits = _assert_nearest_matches(got, _nearest_brute_force(queries, stored, changed, v, .75),
+                                     queries, v)
     assert 5 <= n_hits < len(queries) and kb.similar_hits == n_hits
+
+    more = {(int(a), int(b)) for a, b in rng.integers(0, 60, (30, 2))} - stored
+    for a, b in sorted(more):
+        kb.add(a, b, KBEntry(f"{a}>{b}", [], 50.0, 0, pair_text=f"{a},{b}"))
+    stored |= more
+    got2 = kb.nearest_many(queries, v, 0.75, text_of)
+    n2 = _assert_nearest_matches(got2, _nearest_brute_force(queries, stored, changed, v, .75),
+                                 queries, v)
+    assert n2 > n_hits  # the added entries are searched
+    w = v[rng.permutation(len(v))]  # another matrix: the cache must not serve v's vectors
+    got3 = kb.nearest_many(queries, w, 0.75, text_of)
+    n3 = _assert_nearest_matches(got3, _nearest_brute_force(queries, stored, changed, w, .75),
+                                 queries, w)
+    assert [g and g[2] for g in got3] != [g and g[2] for g in got2] and n3 > 0
 
 
 @pytest.mark.slow

@@ -236,7 +236,9 @@ class KnowledgeBase:
         self.settings = settings
         self.entries: dict[tuple[int, int], KBEntry] = {}
         self.lookups = self.hits = self.similar_hits = 0
-        self._keys: np.ndarray | None = None  # the entries' keys as an array (nearest)
+        # nearest_many's gathered entry vectors, kept while the entries and the vector
+        # matrix are the same: (vectors, n entries, keys, left.T, right.T)
+        self._gathered: tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def lookup(self, prev_item: int, item: int, pair_text: str = "") -> KBEntry | None:
         """The entry of the key, unless either item's text changed since it was made."""
@@ -270,14 +272,11 @@ class KnowledgeBase:
         out: list[tuple[KBEntry, float, tuple[int, int]] | None] = [None] * len(pairs)
         if not self.entries or not pairs:
             return out
-        if self._keys is None or len(self._keys) != len(self.entries):
-            self._keys = np.array(list(self.entries), dtype=np.int64).reshape(-1, 2)
-        keys = self._keys[(self._keys < len(vectors)).all(1)]
+        keys, left, right = self._entry_vectors(vectors)
         q = np.array(pairs, dtype=np.int64).reshape(-1, 2)
         ok = np.flatnonzero((q < len(vectors)).all(1))
         if not keys.size or not ok.size:
             return out
-        left, right = vectors[keys[:, 0]].T, vectors[keys[:, 1]].T
         step = max(1, self.NEAREST_CELLS // len(keys))
         for c0 in range(0, len(ok), step):
             rows = ok[c0:c0 + step]
@@ -292,6 +291,19 @@ class KnowledgeBase:
                         out[r] = (e, float(s_row[j]), (a, b))
                         break
         return out
+
+    def _entry_vectors(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The stored keys within ``vectors`` and their items' vectors (transposed), gathered
+        once per change of the key set rather than once per walk step. A replaced entry keeps
+        its key, so the entry count tells a changed key set (entries are never removed)."""
+        g = self._gathered
+        if g is None or g[0] is not vectors or g[1] != len(self.entries):
+            keys = np.array(list(self.entries), dtype=np.int64).reshape(-1, 2)
+            keys = keys[(keys < len(vectors)).all(1)]
+            g = (vectors, len(self.entries), keys, np.ascontiguousarray(vectors[keys[:, 0]].T),
+                 np.ascontiguousarray(vectors[keys[:, 1]].T))
+            self._gathered = g
+        return g[2], g[3], g[4]
 
     def add(self, prev_item: int, item: int, entry: KBEntry) -> bool:
         old = self.entries.get((prev_item, item))

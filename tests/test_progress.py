@@ -29,8 +29,8 @@ def test_lines_report_count_total_rate_and_eta() -> None:
     buf = io.StringIO()
     bar = progress("profiles", "profiles", total=10, file=buf, interval=3600)
     assert isinstance(bar, LineProgress)
-    bar.update(4)  # inside the interval: no line yet
     time.sleep(0.05)
+    bar.update(4)  # inside the interval: no line yet
     bar.set_postfix(ok=4, failed=0)
     bar.close()
     lines = buf.getvalue().splitlines()
@@ -46,6 +46,32 @@ def test_lines_report_count_total_rate_and_eta() -> None:
     assert eta is not None  # 6 left at that rate
     assert "failed=0, ok=4" in last
     assert "\r" not in buf.getvalue()  # a log, not terminal redraws
+
+
+def _eta_s(line: str) -> int:
+    m = re.search(r"ETA (\d\d):(\d\d)", line)
+    assert m is not None, line
+    return 60 * int(m.group(1)) + int(m.group(2))
+
+
+def test_eta_counts_down_inside_a_long_item_and_a_resume_counts_only_its_own() -> None:
+    """One epoch of a resumed run: 16 of 300 epochs were done before (``initial``); the rate
+    is this run's (1 epoch in ~1 s, not 17), and while the next epoch runs the ETA falls with
+    the time spent on it instead of rising as a mean over ever more elapsed time would."""
+    buf = io.StringIO()
+    bar = progress("train", "epochs", total=20, initial=16, file=buf, interval=3600)
+    time.sleep(1.0)
+    bar.update(1)  # epoch 17 of 20 done after ~1 s
+    bar.refresh()
+    first = bar._line()
+    time.sleep(1.2)
+    later = bar._line()
+    bar.close()
+    rate = float(re.search(r"([\d.]+) epochs/s", first).group(1))
+    assert 0.5 < rate < 1.05, first  # 1 epoch/s, not 17
+    assert _eta_s(first) in (2, 3)  # 3 epochs left at ~1 s each
+    assert _eta_s(later) < _eta_s(first), (first, later)  # counting down, not growing
+    assert "17/20 epochs" in later
 
 
 def test_heartbeat_prints_while_no_update_comes() -> None:
@@ -105,6 +131,33 @@ def test_jobs_print_progress_lines_into_a_log(tmp_path: Path) -> None:
     assert re.search(r"loss \d+\.\d{4}", done[-1])
     test_line = [ln for ln in tr.stderr.splitlines() if ln.startswith("train: test, export: 2/2")]
     assert test_line and f"test recall@20 {summary['test']['recall@20']:.4f}" in test_line[-1]
+    assert "unless it improves" not in tr.stderr  # patience 5 outlasts the 4-epoch cap
+
+
+def test_the_epoch_line_says_where_early_stopping_ends_the_run() -> None:
+    """Instead of an ETA to ``max_epochs`` (rarely reached), the epoch status names the epoch
+    after which the run stops unless validation improves (``EarlyStopping.last_epoch``), and
+    drops it once the cap comes first or the run is done."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_sequential import markov_sequences, seq_config
+
+    from recalign.train.api import make_trainer
+
+    cfg = seq_config(max_epochs=40)
+    cfg.train.patience, cfg.train.eval_every, cfg.train.min_epochs = 3, 2, 0
+    tr = make_trainer(cfg, markov_sequences(60, 20, 6, seed=3))
+    sel = tr.select_metric()
+    tr.stop.update(0.30, 4, {sel: 0.30})
+    tr.stop.update(0.20, 6, {sel: 0.20})  # one validation without a gain
+    rec = {"epoch": 7, "loss": 1.25}
+    tr.history = [{"epoch": 6, "valid": {sel: 0.20}}, rec]
+    status = tr._epoch_status(rec, sel)
+    assert f"valid {sel} 0.2000, best 0.3000 @ 4, ends after epoch 10 unless it improves" \
+        in status, status  # validations at 8 and 10 spend the last two of patience 3
+    tr.cfg.train.max_epochs = 11
+    assert "unless" not in tr._epoch_status(rec, sel)  # the cap ends it there anyway
+    tr.cfg.train.max_epochs, tr.done = 40, True
+    assert "unless" not in tr._epoch_status(rec, sel)
 
 
 def test_a_failing_training_run_leaves_no_heartbeat_behind(monkeypatch) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -69,6 +70,42 @@ def test_early_stopping_counts_patience_and_respects_the_floor() -> None:
     t = EarlyStopping(patience=9)
     t.load_state_dict(state)
     assert (t.best, t.best_epoch, t.bad, t.evals, t.best_metrics) == (0.1, 0, 2, 3, {"m": 0.1})
+
+
+def test_last_epoch_predicts_where_a_run_without_gains_stops() -> None:
+    """What the log says ("ends after epoch N unless it improves") = where the trainer's rule
+    (validate when epoch % eval_every == 0, stop on ``should_stop``) really stops a run whose
+    validations no longer improve: hand-computed cases, then a simulation over settings."""
+    s = EarlyStopping(patience=10)
+    s.update(0.5, 23, {})
+    assert s.last_epoch(23, 1, 300) == 33
+    assert s.last_epoch(23, 1, 30) == 29  # the cap
+    s = EarlyStopping(patience=3, min_epochs=20)
+    s.update(0.5, 3, {})
+    assert s.last_epoch(4, 3, 300) == 21  # evals 6, 9, 12 spend patience; 21 is the floor's
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        patience, every = int(rng.integers(1, 6)), int(rng.integers(1, 5))
+        floor, cap = int(rng.integers(0, 30)), int(rng.integers(5, 60))
+        s = EarlyStopping(patience=patience, min_epochs=floor)
+        best_at = int(rng.integers(0, cap)) // every * every  # a validated epoch
+        s.update(1.0, best_at, {})
+        for _ in range(int(rng.integers(0, patience + 3))):  # validations without a gain
+            if best_at + every * (s.bad + 1) < cap:
+                s.update(0.0, best_at + every * (s.bad + 1), {})
+        now = best_at + every * s.bad
+        if now >= cap:
+            continue
+        want = s.last_epoch(now, every, cap)
+        sim = EarlyStopping(**{**s.state_dict()})
+        e = now  # the trainer's loop from here on: it asks should_stop after a validation
+        while not sim.should_stop(e) and e + 1 < cap:
+            e += 1
+            while e % every and e + 1 < cap:
+                e += 1
+            if e % every == 0:
+                sim.update(0.0, e, {})
+        assert want == e, (patience, every, floor, cap, best_at, now)
 
 
 def test_a_checkpoint_of_another_task_is_refused(tmp_path) -> None:

@@ -46,6 +46,7 @@ class LineProgress(tqdm):
                       dynamic_ncols=False, ncols=0, leave=True)
         self._last_line = 0.0
         self._last_text = ""
+        self._counted_at = 0.0  # elapsed seconds at the last count (update)
         self._lock_line = threading.Lock()
         self._stop = threading.Event()
         super().__init__(*args, **kwargs)
@@ -53,11 +54,19 @@ class LineProgress(tqdm):
                                       daemon=True)
         self._beat.start()
 
+    def update(self, n: float | None = 1) -> bool | None:
+        out = super().update(n)
+        self._counted_at = self._time() - self.start_t
+        return out
+
     def _line(self) -> str:
         d = self.format_dict
         n, total, elapsed = d["n"], d["total"], d["elapsed"]
-        # the run's mean rate: steadier in a log than tqdm's smoothed one
-        rate = n / elapsed if elapsed > 0 and n > 0 else None
+        # the mean rate of this run's counts (a resumed run's ``initial`` was not done now), up
+        # to the last count: steadier in a log than tqdm's smoothed one, and not diluted by the
+        # time already spent on the next item (one long epoch)
+        done = n - (d.get("initial") or 0)
+        rate = done / self._counted_at if self._counted_at > 0 and done > 0 else None
         unit = (d.get("unit") or "it").strip()
         parts = [f"{self.desc.rstrip(': ')}:" if self.desc else "progress:"]
         if total:
@@ -68,7 +77,9 @@ class LineProgress(tqdm):
         if rate:
             parts.append(f"{rate:,.2f} {unit}/s")
             if total and n < total:
-                parts.append(f"ETA {self.format_interval((total - n) / rate)}")
+                # time since the last count is already spent on the next item: it counts down
+                left = max(0.0, (total - n) / rate - (elapsed - self._counted_at))
+                parts.append(f"ETA {self.format_interval(left)}")
         elif total and n < total:
             parts.append("ETA unknown (no item done yet)")
         if d.get("postfix"):

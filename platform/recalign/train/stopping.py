@@ -37,6 +37,17 @@ class EarlyStopping:
         """After ``epoch`` (0-based): patience exhausted and the floor passed."""
         return self.bad >= self.patience and epoch + 1 >= self.min_epochs
 
+    def last_epoch(self, epoch: int, eval_every: int, max_epochs: int) -> int:
+        """After validating ``epoch`` (0-based): the epoch after which the run stops if no later
+        validation improves — patience's remaining validations (every ``eval_every`` epochs),
+        not before ``min_epochs``, at most ``max_epochs``. What a log can say instead of an ETA
+        to ``max_epochs``, which early stopping rarely reaches."""
+        k = max(0, self.patience - self.bad)  # validations still allowed without a gain
+        stop = (epoch // eval_every + k) * eval_every
+        while stop + 1 < self.min_epochs:
+            stop += eval_every
+        return min(stop, max_epochs - 1)
+
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
 

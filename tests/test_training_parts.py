@@ -97,7 +97,7 @@ def test_last_epoch_predicts_where_a_run_without_gains_stops() -> None:
         if now >= cap:
             continue
         want = s.last_epoch(now, every, cap)
-        sim = EarlyStopping(**{**s.state_dict()})
+        sim = EarlyStopping(**s.state_dict())
         e = now  # the trainer's loop from here on: it asks should_stop after a validation
         while not sim.should_stop(e) and e + 1 < cap:
             e += 1

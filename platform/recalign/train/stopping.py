@@ -44,9 +44,8 @@ class EarlyStopping:
         to ``max_epochs``, which early stopping rarely reaches."""
         k = max(0, self.patience - self.bad)  # validations still allowed without a gain
         stop = (epoch // eval_every + k) * eval_every
-        while stop + 1 < self.min_epochs:
-            stop += eval_every
-        return min(stop, max_epochs - 1)
+        floor = -(-max(0, self.min_epochs - 1) // eval_every) * eval_every  # first validation
+        return min(max(stop, floor), max_epochs - 1)                        # past the floor
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)

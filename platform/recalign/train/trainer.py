@@ -262,9 +262,9 @@ class Trainer:
                 parts.append(f"valid {select} {last[select]:.4f}")
             parts.append(f"best {self.stop.best:.4f} @ {self.stop.best_epoch}")
             t = self.cfg.train
-            last = self.stop.last_epoch(rec["epoch"], t.eval_every, t.max_epochs)
-            if not self.done and last + 1 < t.max_epochs:
-                parts.append(f"ends after epoch {last} unless it improves")
+            ends = self.stop.last_epoch(rec["epoch"], t.eval_every, t.max_epochs)
+            if not self.done and ends + 1 < t.max_epochs:
+                parts.append(f"ends after epoch {ends} unless it improves")
         return ", ".join(parts)
 
     def _test_and_export(self, select: str, bar: Any) -> tuple[dict[str, float], Any, Any]:

@@ -56,7 +56,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -218,6 +218,16 @@ class Catalog:
 
 # --- knowledge base ----------------------------------------------------------------------------
 
+class _GatheredEntries(NamedTuple):
+    """The knowledge base's stored keys and their items' vectors, transposed for one matrix
+    product per query chunk; valid while ``vectors`` and ``n_entries`` are unchanged."""
+    vectors: np.ndarray
+    n_entries: int
+    keys: np.ndarray
+    left_t: np.ndarray
+    right_t: np.ndarray
+
+
 @dataclass
 class KBEntry:
     reason: str
@@ -237,8 +247,8 @@ class KnowledgeBase:
         self.entries: dict[tuple[int, int], KBEntry] = {}
         self.lookups = self.hits = self.similar_hits = 0
         # nearest_many's gathered entry vectors, kept while the entries and the vector
-        # matrix are the same: (vectors, n entries, keys, left.T, right.T)
-        self._gathered: tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray] | None = None
+        # matrix are the same
+        self._gathered: _GatheredEntries | None = None
 
     def lookup(self, prev_item: int, item: int, pair_text: str = "") -> KBEntry | None:
         """The entry of the key, unless either item's text changed since it was made."""
@@ -297,13 +307,14 @@ class KnowledgeBase:
         once per change of the key set rather than once per walk step. A replaced entry keeps
         its key, so the entry count tells a changed key set (entries are never removed)."""
         g = self._gathered
-        if g is None or g[0] is not vectors or g[1] != len(self.entries):
+        if g is None or g.vectors is not vectors or g.n_entries != len(self.entries):
             keys = np.array(list(self.entries), dtype=np.int64).reshape(-1, 2)
             keys = keys[(keys < len(vectors)).all(1)]
-            g = (vectors, len(self.entries), keys, np.ascontiguousarray(vectors[keys[:, 0]].T),
-                 np.ascontiguousarray(vectors[keys[:, 1]].T))
+            g = _GatheredEntries(vectors, len(self.entries), keys,
+                                 np.ascontiguousarray(vectors[keys[:, 0]].T),
+                                 np.ascontiguousarray(vectors[keys[:, 1]].T))
             self._gathered = g
-        return g[2], g[3], g[4]
+        return g.keys, g.left_t, g.right_t
 
     def add(self, prev_item: int, item: int, entry: KBEntry) -> bool:
         old = self.entries.get((prev_item, item))

@@ -125,6 +125,64 @@ def test_a_checkpoint_of_another_task_is_refused(tmp_path) -> None:
                       None)
 
 
+def test_a_refused_checkpoint_names_its_run_and_leaves_no_temporary_copy(
+        tmp_path, monkeypatch) -> None:
+    """run.json lost (the job's own check cannot refuse): the trainer's check refuses the
+    checkpoint of another model, naming the checkpoint in the run folder rather than the
+    temporary copy it read, and the copy is removed all the same."""
+    import tempfile
+    from pathlib import Path
+
+    from recalign.config import load_config
+    from recalign.jobs import train as train_job
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    seq = tmp_path / "seq.txt"
+    seq.write_text("".join(f"U{u} " + " ".join(f"I{(u + k) % 12}" for k in range(6)) + "\n"
+                           for u in range(40)))
+    base = ["data.source=amazon-sequences", f"data.path={seq}", "data.split.method=loo",
+            f"output.root={tmp_path / 'out'}", "train.max_epochs=1", "train.run_name=r",
+            "eval.protocol=loo", "model.params={dim: 8, layers: 1}"]
+    first = train_job.run(load_config(None, [*base, "model.backbone=gru4rec"]), None)
+    Path(first["run_dir"], "run.json").unlink()
+    with pytest.raises(ConfigError, match="backbone: checkpoint 'gru4rec' vs config 'sasrec'"
+                       ) as e:
+        train_job.run(load_config(None, [*base, "model.backbone=sasrec", "train.resume=true"]),
+                      None)
+    assert f"{first['run_dir']}/checkpoints/epoch-000001 does not match" in str(e.value)
+    assert list(tmp.iterdir()) == []
+
+
+def test_make_trainer_removes_its_temporary_run_folder(tmp_path, monkeypatch) -> None:
+    """Without run_dir the run folder is temporary: kept while the trainer is, removed with
+    it, and removed at once when the config fails while the trainer is built."""
+    import gc
+    import tempfile
+
+    from recalign.config import load_config
+    from recalign.data.ingest import load_dataset
+    from recalign.train.api import make_trainer
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    base = ["data.source=synthetic", "data.synthetic.users=30", "data.synthetic.items=20",
+            "data.synthetic.interactions=300", "model.params={dim: 8, layers: 1}"]
+    cfg = load_config(None, base)
+    data = load_dataset(cfg.data)
+    tr = make_trainer(cfg, data)
+    folder = tr.inp.run_dir
+    assert [p.name for p in tmp_path.iterdir()] == [folder.rsplit("/", 1)[-1]]
+    del tr
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []
+    bad = load_config(None, [*base, "train.lr_decay={every: 1, factor: 0.5}",
+                             "train.optimizer={name: rowwise_adagrad, lr: 0.05}"])
+    with pytest.raises(ConfigError, match="train.lr_decay"):
+        make_trainer(bad, data)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_checkpoint_that_does_not_fit_the_run_is_a_clear_error(tmp_path) -> None:
     """A checkpoint without a key this run's state has (e.g. the fused optimizer state of an
     older layout) names the key and what to do; one that fits loads."""
@@ -166,6 +224,7 @@ def test_latest_checkpoint_takes_the_newest_complete_one_of_either_store(tmp_pat
     folder(run / "checkpoint_epoch-000004", 2, "ray 4", missing="rank-1.pt")
     got = Path(latest_checkpoint(str(run)))
     assert (got / "rank-1.pt").read_text() == "ray 3" and got != run / "checkpoint_epoch-000003"
+    assert (got / "copied_from.txt").read_text() == str(run / "checkpoint_epoch-000003")
     folder(run / "checkpoints" / "epoch-000005", 1, "in-process 5")
     (run / "checkpoints" / "LATEST").write_text("epoch-000005")
     assert Path(latest_checkpoint(str(run)), "rank-0.pt").read_text() == "in-process 5"

@@ -34,10 +34,8 @@ def train(cfg: Config, data: Any, *, run_dir: str | None = None, hooks: Hooks | 
     try:
         out = trainer.run()
     finally:
-        if run_dir is None:  # a temporary run folder (best weights, curves): not kept
-            import shutil
-
-            shutil.rmtree(trainer.inp.run_dir, ignore_errors=True)
+        if trainer.temp_run_dir is not None:  # best weights, curves: not kept
+            trainer.temp_run_dir.cleanup()
     assert out is not None
     out["history"] = trainer.history
     if run_dir is None:
@@ -67,12 +65,19 @@ def make_trainer(cfg: Config, data: Any, *, run_dir: str | None = None,
     if item_keys is None:
         m = getattr(data, "item_map", None)
         item_keys = m.keys if m is not None else keys_of(n_items)
+    # without run_dir: a temporary folder that lives as long as the trainer (and is removed at
+    # once when building it fails), so neither callers nor failed configs leave one in /tmp
+    tmp = tempfile.TemporaryDirectory(prefix="recalign-run-") if run_dir is None else None
     inp = RunInputs(config=cfg.model_dump(mode="json"), data=prepared, user_keys=user_keys,
-                    item_keys=item_keys,
-                    run_dir=run_dir or tempfile.mkdtemp(prefix="recalign-run-"),
-                    semantic=semantic)
-    d = Dist(device=resolve_device(cfg.train.device, task.devices))
-    return Trainer(inp, d, hooks)
+                    item_keys=item_keys, run_dir=run_dir or tmp.name, semantic=semantic)
+    try:
+        trainer = Trainer(inp, Dist(device=resolve_device(cfg.train.device, task.devices)), hooks)
+    except BaseException:
+        if tmp is not None:
+            tmp.cleanup()
+        raise
+    trainer.temp_run_dir = tmp
+    return trainer
 
 
 def check_selection(cfg: Config) -> None:

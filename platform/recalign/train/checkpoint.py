@@ -48,6 +48,10 @@ def save_local(folder: str, rank: int, sharded: dict[str, Any], rank_state: dict
         Path(folder, "meta.json").write_text(json.dumps({**meta, "ranks": world}, sort_keys=True))
 
 
+#: in a temporary copy of a checkpoint (:func:`latest_checkpoint`): where it was copied from
+COPIED_FROM = "copied_from.txt"
+
+
 def check_meta(folder: str, meta: dict[str, Any]) -> int | None:
     """A checkpoint written for another model shape is a clear error, not a crash in load.
     Returns how many ranks wrote it (None: not recorded)."""
@@ -55,10 +59,12 @@ def check_meta(folder: str, meta: dict[str, Any]) -> int | None:
     if not p.exists():
         return None
     old = json.loads(p.read_text())
+    src = Path(folder, COPIED_FROM)
+    where = src.read_text() if src.exists() else folder
     diff = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
     if diff:
         what = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items())
-        raise ConfigError(f"train.resume: the checkpoint in {folder} does not match this run "
+        raise ConfigError(f"train.resume: the checkpoint in {where} does not match this run "
                           f"({what}); start a new run (train.resume: false or another "
                           f"train.run_name)")
     return old.get("ranks")
@@ -158,8 +164,14 @@ def latest_checkpoint(run_dir: str) -> str | None:
         return None
     _, src = max(found)
     local = tempfile.mkdtemp(prefix="recalign-ckpt-")
-    for p in fs.ls(src, detail=False):
-        fs.get_file(p, os.path.join(local, p.rstrip("/").rsplit("/", 1)[-1]))
+    try:
+        for p in fs.ls(src, detail=False):
+            fs.get_file(p, os.path.join(local, p.rstrip("/").rsplit("/", 1)[-1]))
+        # errors about the copy name the checkpoint it came from, not a temporary folder
+        Path(local, COPIED_FROM).write_text(fs.unstrip_protocol(src).removeprefix("file://"))
+    except BaseException:
+        shutil.rmtree(local, ignore_errors=True)
+        raise
     return local
 
 

@@ -94,6 +94,9 @@ def _set_torch_rng_state(state: Any, device: torch.device) -> None:
 class Trainer:
     def __init__(self, inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> None:
         self.inp, self.d, self.hooks = inp, d, hooks or Hooks()
+        #: the run folder when the caller gave none (:func:`recalign.train.api.make_trainer`):
+        #: removed with the trainer
+        self.temp_run_dir: tempfile.TemporaryDirectory[str] | None = None
         self.cfg = Config.model_validate(inp.config)
         self.task_cls: type[Task] = task_of(self.cfg)
         t = self.cfg.train
@@ -148,6 +151,15 @@ class Trainer:
         folder = self.hooks.load()
         if folder is None:
             return
+        try:
+            self._load_checkpoint(folder)
+        finally:  # a temporary local copy (Hooks.load), also when it does not fit this run
+            shutil.rmtree(folder, ignore_errors=True)
+        log.info("rank %d resumed at epoch %d (checkpoint of %s ranks, now %d)", self.d.rank,
+                 self.epoch, self.resumed_ranks, self.d.world)
+
+    def _load_checkpoint(self, folder: str) -> None:
+        """Model, optimiser, random and loop state from a local checkpoint folder."""
         d = self.d
         self.resumed_ranks = ckpt.check_meta(folder, self.task_cls.meta(self.cfg, self.inp.data))
         sd = self._sharded()
@@ -164,9 +176,6 @@ class Trainer:
         self.done = loop["done"]
         self.train_s, self.eval_s, self.examples = loop["train_s"], loop["eval_s"], loop["examples"]
         self.resumed_from = self.epoch
-        shutil.rmtree(folder, ignore_errors=True)  # a temporary local copy (Hooks.load)
-        log.info("rank %d resumed at epoch %d (checkpoint of %s ranks, now %d)", d.rank,
-                 self.epoch, self.resumed_ranks, d.world)
 
     # ------------------------------------------------------------------ the loop
     def train_epoch(self) -> dict[str, float]:

@@ -199,14 +199,20 @@ def test_a_checkpoint_that_does_not_fit_the_run_is_a_clear_error(tmp_path) -> No
     assert torch.equal(fits["model"]["w"], torch.arange(3.0))
 
 
-def test_latest_checkpoint_takes_the_newest_complete_one_of_either_store(tmp_path) -> None:
+def test_latest_checkpoint_takes_the_newest_complete_one_of_either_store(
+        tmp_path, monkeypatch) -> None:
     """The in-process store (``checkpoints/LATEST``) and Ray Train's merged folders
     (``checkpoint_epoch-<e>``) of one run: the newest complete one wins; a Ray folder missing a
     rank's loop state (an upload cut off) is passed over."""
     import json
+    import tempfile
     from pathlib import Path
 
     from recalign.train.checkpoint import latest_checkpoint
+
+    # the copies it returns are the caller's to remove (the trainer does): keep them in tmp_path
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "copies"))
+    (tmp_path / "copies").mkdir()
 
     def folder(path: Path, ranks: int, tag: str, missing: str | None = None) -> None:
         path.mkdir(parents=True)

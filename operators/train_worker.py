@@ -45,7 +45,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def load() -> str | None:
         ck = ray.train.get_checkpoint()  # this Ray run's own (restarts, a resumed Ray run)
         if ck is not None:
-            return ck.to_directory()
+            return private_copy(ck, rank)
         if inputs.config["train"].get("resume"):  # a run that trained in process before
             from recalign.train.checkpoint import latest_checkpoint
 
@@ -57,6 +57,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                          checkpoint_dir_name=f"checkpoint_epoch-{epoch:06d}")
 
     run_training(inputs, d, Hooks(load=load, save=save))
+
+
+def private_copy(ck: Any, rank: int) -> str:
+    """A local copy of Ray Train checkpoint ``ck`` that this rank alone owns.
+
+    ``Checkpoint.to_directory()`` without a path hands every process on a node the same
+    folder (named by the checkpoint, downloaded once under a file lock); the trainer deletes
+    its copy after loading, which pulled the files from under a slower rank on the same node
+    (CI: ``FileNotFoundError .../checkpoint_tmp_<id>/rank-0.pt`` in the restart test)."""
+    import shutil
+    import tempfile
+
+    local = tempfile.mkdtemp(prefix=f"recalign-ckpt-r{rank}-")
+    try:
+        return ck.to_directory(local)
+    except BaseException:
+        shutil.rmtree(local, ignore_errors=True)
+        raise
 
 
 def worker_resources(cfg: Any) -> dict[str, float]:

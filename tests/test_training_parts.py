@@ -236,6 +236,30 @@ def test_latest_checkpoint_takes_the_newest_complete_one_of_either_store(
     assert Path(latest_checkpoint(str(run)), "rank-0.pt").read_text() == "in-process 5"
 
 
+def test_each_ray_train_rank_loads_its_own_copy_of_the_checkpoint(tmp_path) -> None:
+    """Two ranks on one node restoring the same Ray Train checkpoint get separate folders, so
+    the first to finish deleting its copy cannot pull the files from under the other (CI
+    failure: ``Checkpoint.to_directory()`` hands both the same ``checkpoint_tmp_<id>``)."""
+    import shutil
+    from pathlib import Path
+
+    from ray.train import Checkpoint
+
+    from recalign.operators.train_worker import private_copy
+
+    src = tmp_path / "checkpoint_epoch-000001"
+    src.mkdir()
+    (src / "rank-0.pt").write_text("state 0")
+    ck = Checkpoint.from_directory(str(src))
+    assert ck.to_directory() == ck.to_directory()  # Ray's shared default: the hazard
+    shutil.rmtree(ck.to_directory())
+    r0, r1 = Path(private_copy(ck, 0)), Path(private_copy(ck, 1))
+    assert r0 != r1 and r0.name.startswith("recalign-ckpt-r0-")
+    shutil.rmtree(r0)
+    assert (r1 / "rank-0.pt").read_text() == "state 0" and (src / "rank-0.pt").exists()
+    shutil.rmtree(r1)
+
+
 def test_a_one_worker_checkpoint_resumes_on_two_ray_train_workers(tmp_path) -> None:
     """``recalign train`` stopped after 1 epoch in one process, resumed with ``train.workers:
     2`` (Ray Train): the row-wise shards are filled from the one-process checkpoint and the

@@ -152,7 +152,8 @@ def test_a_refused_checkpoint_names_its_run_and_leaves_no_temporary_copy(
         train_job.run(load_config(None, [*base, "model.backbone=sasrec", "train.resume=true"]),
                       None)
     assert f"{first['run_dir']}/checkpoints/epoch-000001 does not match" in str(e.value)
-    assert list(tmp.iterdir()) == []
+    # ours only: torch may put its inductor cache in the temp dir when this test runs alone
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("recalign-")] == []
 
 
 def test_make_trainer_removes_its_temporary_run_folder(tmp_path, monkeypatch) -> None:

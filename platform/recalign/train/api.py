@@ -31,14 +31,15 @@ def train(cfg: Config, data: Any, *, run_dir: str | None = None, hooks: Hooks | 
           item_keys: pa.Array | None = None, semantic: Any = None) -> dict[str, Any]:
     trainer = make_trainer(cfg, data, run_dir=run_dir, hooks=hooks, user_keys=user_keys,
                            item_keys=item_keys, semantic=semantic)
+    temp = trainer.temp_run_dir
     try:
         out = trainer.run()
     finally:
-        if trainer.temp_run_dir is not None:  # best weights, curves: not kept
-            trainer.temp_run_dir.cleanup()
+        if temp is not None:  # best weights, curves: not kept
+            temp.cleanup()
     assert out is not None
     out["history"] = trainer.history
-    if run_dir is None:
+    if temp is not None:  # the folder named in the summary is gone
         out["run_dir"] = None
     if keep_model:
         out["task"] = trainer.task
@@ -71,13 +72,12 @@ def make_trainer(cfg: Config, data: Any, *, run_dir: str | None = None,
     inp = RunInputs(config=cfg.model_dump(mode="json"), data=prepared, user_keys=user_keys,
                     item_keys=item_keys, run_dir=run_dir or tmp.name, semantic=semantic)
     try:
-        trainer = Trainer(inp, Dist(device=resolve_device(cfg.train.device, task.devices)), hooks)
+        return Trainer(inp, Dist(device=resolve_device(cfg.train.device, task.devices)), hooks,
+                       temp_run_dir=tmp)
     except BaseException:
         if tmp is not None:
             tmp.cleanup()
         raise
-    trainer.temp_run_dir = tmp
-    return trainer
 
 
 def check_selection(cfg: Config) -> None:

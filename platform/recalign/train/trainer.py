@@ -92,11 +92,12 @@ def _set_torch_rng_state(state: Any, device: torch.device) -> None:
 
 
 class Trainer:
-    def __init__(self, inp: RunInputs, d: Dist, hooks: Hooks | None = None) -> None:
+    def __init__(self, inp: RunInputs, d: Dist, hooks: Hooks | None = None, *,
+                 temp_run_dir: tempfile.TemporaryDirectory[str] | None = None) -> None:
         self.inp, self.d, self.hooks = inp, d, hooks or Hooks()
         #: the run folder when the caller gave none (:func:`recalign.train.api.make_trainer`):
         #: removed with the trainer
-        self.temp_run_dir: tempfile.TemporaryDirectory[str] | None = None
+        self.temp_run_dir = temp_run_dir
         self.cfg = Config.model_validate(inp.config)
         self.task_cls: type[Task] = task_of(self.cfg)
         t = self.cfg.train

@@ -66,15 +66,9 @@ def private_copy(ck: Any, rank: int) -> str:
     folder (named by the checkpoint, downloaded once under a file lock); the trainer deletes
     its copy after loading, which pulled the files from under a slower rank on the same node
     (CI: ``FileNotFoundError .../checkpoint_tmp_<id>/rank-0.pt`` in the restart test)."""
-    import shutil
-    import tempfile
+    from recalign.train.checkpoint import private_copy_dir
 
-    local = tempfile.mkdtemp(prefix=f"recalign-ckpt-r{rank}-")
-    try:
-        return ck.to_directory(local)
-    except BaseException:
-        shutil.rmtree(local, ignore_errors=True)
-        raise
+    return private_copy_dir(ck.to_directory, prefix=f"recalign-ckpt-r{rank}-")
 
 
 def worker_resources(cfg: Any) -> dict[str, float]:

@@ -237,6 +237,28 @@ def test_latest_checkpoint_takes_the_newest_complete_one_of_either_store(
     assert Path(latest_checkpoint(str(run)), "rank-0.pt").read_text() == "in-process 5"
 
 
+def test_a_failed_checkpoint_copy_leaves_no_folder_behind(tmp_path, monkeypatch) -> None:
+    """A copy that fails half-way (fault injected: the download raises after one file) is
+    removed; a good one is the filled folder, under the given prefix."""
+    import tempfile
+    from pathlib import Path
+
+    from recalign.train.checkpoint import private_copy_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def broken(local: str) -> None:
+        Path(local, "rank-0.pt").write_text("half")
+        raise OSError("connection reset")
+
+    with pytest.raises(OSError, match="connection reset"):
+        private_copy_dir(broken)
+    assert list(tmp_path.iterdir()) == []
+    good = Path(private_copy_dir(lambda d: Path(d, "rank-0.pt").write_text("whole"), prefix="x-"))
+    assert good.parent == tmp_path and good.name.startswith("x-")
+    assert [f.read_text() for f in good.iterdir()] == ["whole"]
+
+
 def test_each_ray_train_rank_loads_its_own_copy_of_the_checkpoint(tmp_path) -> None:
     """Two ranks on one node restoring the same Ray Train checkpoint get separate folders, so
     the first to finish deleting its copy cannot pull the files from under the other (CI
@@ -255,10 +277,13 @@ def test_each_ray_train_rank_loads_its_own_copy_of_the_checkpoint(tmp_path) -> N
     assert ck.to_directory() == ck.to_directory()  # Ray's shared default: the hazard
     shutil.rmtree(ck.to_directory())
     r0, r1 = Path(private_copy(ck, 0)), Path(private_copy(ck, 1))
-    assert r0 != r1 and r0.name.startswith("recalign-ckpt-r0-")
-    shutil.rmtree(r0)
-    assert (r1 / "rank-0.pt").read_text() == "state 0" and (src / "rank-0.pt").exists()
-    shutil.rmtree(r1)
+    try:
+        assert r0 != r1 and r0.name.startswith("recalign-ckpt-r0-")
+        shutil.rmtree(r0)
+        assert (r1 / "rank-0.pt").read_text() == "state 0" and (src / "rank-0.pt").exists()
+    finally:  # the copies live in the system temp folder, not tmp_path
+        shutil.rmtree(r0, ignore_errors=True)
+        shutil.rmtree(r1, ignore_errors=True)
 
 
 def test_a_one_worker_checkpoint_resumes_on_two_ray_train_workers(tmp_path) -> None:

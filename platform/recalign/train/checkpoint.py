@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -163,12 +163,23 @@ def latest_checkpoint(run_dir: str) -> str | None:
     if not found:
         return None
     _, src = max(found)
-    local = tempfile.mkdtemp(prefix="recalign-ckpt-")
-    try:
+
+    def fill(local: str) -> None:
         for p in fs.ls(src, detail=False):
             fs.get_file(p, os.path.join(local, p.rstrip("/").rsplit("/", 1)[-1]))
         # errors about the copy name the checkpoint it came from, not a temporary folder
         Path(local, COPIED_FROM).write_text(fs.unstrip_protocol(src).removeprefix("file://"))
+
+    return private_copy_dir(fill)
+
+
+def private_copy_dir(fill: Callable[[str], Any], prefix: str = "recalign-ckpt-") -> str:
+    """A new temporary folder that the caller alone owns, filled by ``fill(folder)`` — what
+    :class:`~recalign.train.trainer.Hooks` ``load`` returns, since the trainer deletes it after
+    loading. Removed again if filling fails, so a failed copy leaves nothing behind."""
+    local = tempfile.mkdtemp(prefix=prefix)
+    try:
+        fill(local)
     except BaseException:
         shutil.rmtree(local, ignore_errors=True)
         raise

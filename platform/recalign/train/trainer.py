@@ -68,8 +68,10 @@ class RunInputs:
 class Hooks:
     """Checkpoint storage, provided by the caller (Ray or in-process).
 
-    ``load`` returns a temporary local copy of the latest checkpoint (deleted after loading)
-    or None; ``save(folder, epoch, metrics)`` persists a local checkpoint folder."""
+    ``load`` returns a temporary local copy of the latest checkpoint or None; the copy must
+    be this caller's alone (:func:`recalign.train.checkpoint.private_copy_dir`), because the
+    trainer deletes it after loading. ``save(folder, epoch, metrics)`` persists a local
+    checkpoint folder."""
 
     load: Callable[[], str | None] = lambda: None
     save: Callable[[str, int, dict[str, Any]], None] | None = None
